@@ -1,0 +1,63 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/coordproxy/coordproxy/proxy"
+)
+
+// run is the whole program: it returns the exit code. Configuration errors
+// exit 2, failures while running exit 1, both with one line on stderr.
+func run(args []string, stdout, stderr io.Writer) int {
+	m := &Main{Stdout: stdout, Stderr: stderr}
+	if err := m.ParseFlags(args); err != nil {
+		if errors.Is(err, errHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "coordproxy: %v\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := m.Run(ctx); err != nil {
+		fmt.Fprintf(stderr, "coordproxy: %s\n", oneLine(err))
+		return 1
+	}
+	return 0
+}
+
+// Main is the coordproxy program: flags and environment in, a running proxy out.
+type Main struct {
+	Stdout, Stderr io.Writer
+	Config         proxy.Config
+	Level          slog.Level
+}
+
+// ParseFlags reads the configuration from the environment and args and
+// validates it.
+func (m *Main) ParseFlags(args []string) error {
+	c, err := parseConfig(args, m.Stdout)
+	if err != nil {
+		return err
+	}
+	m.Config, m.Level, err = c.proxyConfig()
+	return err
+}
+
+// Run serves until ctx is done.
+func (m *Main) Run(ctx context.Context) error {
+	m.Config.Logger = slog.New(slog.NewTextHandler(m.Stderr, &slog.HandlerOptions{Level: m.Level}))
+	return proxy.New(m.Config).Run(ctx)
+}
+
+func oneLine(err error) string {
+	return strings.Join(strings.Fields(err.Error()), " ")
+}

@@ -1,0 +1,65 @@
+package electionproxy
+
+import (
+	"context"
+
+	"github.com/coordproxy/coordproxy/lockproxy"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	epb "go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
+)
+
+// Campaign waits for leadership of req.Name as concurrency.Election.Campaign
+// does, with the same keys and transactions, and two fixes: leadership is
+// confirmed after the wait (a candidate whose lease expired while waiting is
+// told so, never made leader: etcd #19597), and a campaign that fails or is
+// cancelled after creating its key removes it (etcd #21128).
+func (s *Server) Campaign(ctx context.Context, req *epb.CampaignRequest) (*epb.CampaignResponse, error) {
+	if len(req.Name) == 0 {
+		return nil, errNameMissing
+	}
+	name, val := string(req.Name), string(req.Value)
+	lease, err := s.b.Lease(ctx, "Campaign", name, req.Lease)
+	if err != nil {
+		return nil, err
+	}
+	key := lockproxy.OwnerKey(name, lease)
+
+	tctx, cancel := s.b.Detached(ctx)
+	defer cancel()
+	resp, err := s.b.Client.Txn(tctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, val, clientv3.WithLease(lease))).
+		Else(clientv3.OpGet(key)).
+		Commit()
+	if err != nil {
+		return nil, err
+	}
+	rev := resp.Header.Revision
+	if !resp.Succeeded {
+		// Campaigning again with the same lease: keep the candidacy, update
+		// its value as concurrency does.
+		kv := resp.Responses[0].GetResponseRange().Kvs[0]
+		rev = kv.CreateRevision
+		if string(kv.Value) != val {
+			presp, err := s.b.Client.Txn(tctx).
+				If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
+				Then(clientv3.OpPut(key, val, clientv3.WithLease(lease))).
+				Commit()
+			if err == nil && !presp.Succeeded {
+				err = errNotLeader
+			}
+			if err != nil {
+				s.b.Abandon(key, rev)
+				return nil, err
+			}
+		}
+	}
+	if _, err := s.b.Wait(ctx, name, key, rev); err != nil {
+		return nil, err
+	}
+	// etcd answers with the header of the campaign transaction.
+	return &epb.CampaignResponse{
+		Header: resp.Header,
+		Leader: &epb.LeaderKey{Name: req.Name, Key: []byte(key), Rev: rev, Lease: int64(lease)},
+	}, nil
+}

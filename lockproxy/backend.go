@@ -1,0 +1,202 @@
+package lockproxy
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+)
+
+// Lease0TTL is the TTL of the lease granted for a call that names lease 0.
+// concurrency.NewSession grants its default session TTL (60 s, unexported)
+// and etcd's native services then orphan the session, so nobody refreshes it.
+const Lease0TTL = 60
+
+// Options tune a Backend. Zero values take the defaults.
+type Options struct {
+	// RequestTimeout bounds every etcd call the proxy makes on its own
+	// (cleanups, queue snapshots, the acquire transaction).
+	RequestTimeout time.Duration
+	// QueueLinger keeps a prefix's watch this long after its last waiter.
+	QueueLinger time.Duration
+	// ObserveBuffer is how many leader changes one Observe stream may lag
+	// behind before it is ended.
+	ObserveBuffer int
+	Logger        *slog.Logger
+	Metrics       *Metrics
+}
+
+// Backend is what the Lock and Election services share: the etcd client, the
+// per-prefix queues, the cleanup of abandoned keys and the lease-0 policy.
+type Backend struct {
+	Client *clientv3.Client
+	Queues *Queues
+
+	timeout       time.Duration
+	observeBuffer int
+	log           *slog.Logger
+	metrics       *Metrics
+	cleaner       *cleaner
+
+	stopCtx context.Context
+	stop    context.CancelFunc
+
+	mu         sync.Mutex
+	lease0Seen map[string]struct{}
+}
+
+var errStopping = errors.New("lockproxy: stopping")
+
+// maxLease0Names bounds the memory spent on logging lease-0 calls once per name.
+const maxLease0Names = 4096
+
+// NewBackend returns a Backend over client.
+func NewBackend(client *clientv3.Client, opts Options) *Backend {
+	if opts.RequestTimeout <= 0 {
+		opts.RequestTimeout = 5 * time.Second
+	}
+	if opts.QueueLinger <= 0 {
+		opts.QueueLinger = 30 * time.Second
+	}
+	if opts.ObserveBuffer <= 0 {
+		opts.ObserveBuffer = 1024
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = NewMetrics(nil)
+	}
+	stopCtx, stop := context.WithCancel(context.Background())
+	return &Backend{
+		Client:        client,
+		Queues:        NewQueues(client, opts.Logger, opts.RequestTimeout, opts.QueueLinger),
+		timeout:       opts.RequestTimeout,
+		observeBuffer: opts.ObserveBuffer,
+		log:           opts.Logger,
+		metrics:       opts.Metrics,
+		cleaner:       newCleaner(client, opts.RequestTimeout, opts.Logger, opts.Metrics),
+		stopCtx:       stopCtx,
+		stop:          stop,
+		lease0Seen:    map[string]struct{}{},
+	}
+}
+
+// Stop cuts every wait short: waiting Lock and Campaign calls remove their
+// keys and answer Unavailable; Observe streams end with Unavailable.
+func (b *Backend) Stop() { b.stop() }
+
+// Close stops waits, gives pending cleanups until ctx is done, and stops the
+// watches.
+func (b *Backend) Close(ctx context.Context) {
+	b.stop()
+	b.cleaner.wait(ctx)
+	b.Queues.Close()
+}
+
+// WithStop derives a context that Stop cancels too.
+func (b *Backend) WithStop(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	unhook := context.AfterFunc(b.stopCtx, func() { cancel(errStopping) })
+	return ctx, func() {
+		unhook()
+		cancel(nil)
+	}
+}
+
+// CallErr maps an error of a call whose context came from WithStop: a call
+// cut short because the proxy is stopping answers Unavailable, as an etcd
+// member that stops does; anything else is returned as etcd's service would.
+func (b *Backend) CallErr(ctx context.Context, err error) error {
+	if errors.Is(context.Cause(ctx), errStopping) || errors.Is(err, ErrQueueStopped) {
+		return rpctypes.ErrGRPCStopped
+	}
+	return err
+}
+
+// Detached gives a call that must learn its outcome even if the client goes
+// away (a transaction that may create a key) its own deadline.
+func (b *Backend) Detached(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), b.timeout)
+}
+
+// ObserveBuffer is the per-stream bound for Observe.
+func (b *Backend) ObserveBuffer() int { return b.observeBuffer }
+
+// Lease returns the lease a call runs under. For lease 0 it grants a fresh
+// lease of Lease0TTL seconds that nobody refreshes, as etcd's services do, and
+// makes that visible: a metric counts it and the log says so once per name.
+func (b *Backend) Lease(ctx context.Context, rpc, name string, id int64) (clientv3.LeaseID, error) {
+	if id != 0 {
+		return clientv3.LeaseID(id), nil
+	}
+	resp, err := b.Client.Grant(ctx, Lease0TTL)
+	if err != nil {
+		return 0, err
+	}
+	b.NoteLease0(rpc, name, "granted a lease that expires in 60s unless the client keeps it alive", slog.Int64("lease", int64(resp.ID)))
+	return resp.ID, nil
+}
+
+// NoteLease0 counts a call that named lease 0 and logs it once per name.
+func (b *Backend) NoteLease0(rpc, name, what string, attrs ...any) {
+	b.metrics.Lease0.WithLabelValues(rpc).Inc()
+	b.mu.Lock()
+	_, seen := b.lease0Seen[rpc+"\x00"+name]
+	if !seen && len(b.lease0Seen) < maxLease0Names {
+		b.lease0Seen[rpc+"\x00"+name] = struct{}{}
+	}
+	b.mu.Unlock()
+	if !seen {
+		b.log.Warn(rpc+" with lease 0: "+what, append([]any{"name", name}, attrs...)...)
+	}
+}
+
+// Wait waits until key, created at revision rev, is the oldest key under
+// name's prefix, then confirms with a linearizable read that key still exists
+// with that create revision (the post-wait ownership check). It returns that
+// read's header. If the wait fails for any reason other than the key being
+// gone, key is removed so that no ghost waiter blocks the queue.
+func (b *Backend) Wait(ctx context.Context, name, key string, rev int64) (*pb.ResponseHeader, error) {
+	ctx, cancel := b.WithStop(ctx)
+	defer cancel()
+
+	b.metrics.Waiting.Inc()
+	q := b.Queues.Acquire(Prefix(name))
+	err := q.WaitTurn(ctx, key, rev)
+	b.Queues.Release(q)
+	b.metrics.Waiting.Dec()
+
+	if errors.Is(err, errKeyGone) {
+		return nil, concurrency.ErrSessionExpired
+	}
+	if err != nil {
+		b.Abandon(key, rev)
+		return nil, b.CallErr(ctx, err)
+	}
+	resp, err := b.Client.Get(ctx, key)
+	if err != nil {
+		b.Abandon(key, rev)
+		return nil, b.CallErr(ctx, err)
+	}
+	if len(resp.Kvs) == 0 || resp.Kvs[0].CreateRevision != rev {
+		return nil, concurrency.ErrSessionExpired
+	}
+	if ctx.Err() != nil {
+		// The client left as we won: it will never learn it holds the key.
+		b.Abandon(key, rev)
+		return nil, b.CallErr(ctx, ctx.Err())
+	}
+	return resp.Header, nil
+}
+
+// Abandon removes key if it still has create revision rev: first at once on a
+// fresh context bounded by the request timeout, then, if etcd could not be
+// reached, in the background until it succeeds or the proxy closes.
+func (b *Backend) Abandon(key string, rev int64) { b.cleaner.remove(key, rev) }

@@ -1,0 +1,86 @@
+package lockproxy
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// cleaner deletes waiter keys whose callers have gone. It uses the proxy's
+// own etcd client and deadlines, never the caller's context, so that a client
+// that disconnects or times out cannot leave a ghost key blocking the queue
+// until its lease expires (etcd #13330, #14850, #18082).
+type cleaner struct {
+	client  *clientv3.Client
+	timeout time.Duration
+	log     *slog.Logger
+	metrics *Metrics
+
+	ctx    context.Context // cancelled when retries must give up
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+func newCleaner(client *clientv3.Client, timeout time.Duration, log *slog.Logger, m *Metrics) *cleaner {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &cleaner{client: client, timeout: timeout, log: log, metrics: m, ctx: ctx, cancel: cancel}
+}
+
+func (c *cleaner) remove(key string, rev int64) {
+	if c.try(key, rev) == nil {
+		return
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		b := newBackoff(50*time.Millisecond, time.Second)
+		for {
+			select {
+			case <-c.ctx.Done():
+				c.log.Error("gave up removing abandoned waiter key; it stays until its lease expires", "key", key, "create_revision", rev)
+				return
+			case <-time.After(b.next()):
+			}
+			if c.try(key, rev) == nil {
+				return
+			}
+		}
+	}()
+}
+
+// try deletes key only if it is still the key created at rev: a later
+// acquisition with the same lease is never touched.
+func (c *cleaner) try(key string, rev int64) error {
+	ctx, cancel := context.WithTimeout(c.ctx, c.timeout)
+	defer cancel()
+	_, err := c.client.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
+		Then(clientv3.OpDelete(key)).
+		Commit()
+	if err != nil {
+		c.metrics.Cleanups.WithLabelValues("failed").Inc()
+		c.log.Warn("removing abandoned waiter key failed; will retry", "key", key, "create_revision", rev, "err", err)
+		return err
+	}
+	c.metrics.Cleanups.WithLabelValues("done").Inc()
+	c.log.Debug("removed abandoned waiter key", "key", key, "create_revision", rev)
+	return nil
+}
+
+// wait lets retries run until they finish or ctx is done, then stops them.
+func (c *cleaner) wait(ctx context.Context) {
+	done := make(chan struct{})
+	go func() {
+		c.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	c.cancel()
+	<-done
+}

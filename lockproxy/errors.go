@@ -1,0 +1,19 @@
+package lockproxy
+
+import (
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Errors of the Lock service. Where etcd defines the situation, the services
+// return etcd's own error values (rpctypes, concurrency) so that the code and
+// text on the wire are etcd's; these are for input etcd would accept and then
+// misbehave on.
+var (
+	// ErrNameMissing: an empty name makes the prefix "/", which overlaps every
+	// lock and election whose name starts with "/".
+	ErrNameMissing = status.Error(codes.InvalidArgument, `"name" field must be provided`)
+
+	errNotOwnerKey = status.Error(codes.InvalidArgument,
+		`"key" field is not a lock ownership key: want <name>/<lease ID in hex> of a key attached to that lease`)
+)

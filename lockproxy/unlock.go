@@ -1,0 +1,36 @@
+package lockproxy
+
+import (
+	"context"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
+)
+
+// Unlock deletes a lock ownership key. etcd's Unlock deletes any key it is
+// given (#22082); this one deletes only a key of the form name/hex(lease)
+// that is attached to that lease, in one transaction, and refuses anything
+// else with InvalidArgument. A key that is already gone is success, as in etcd.
+func (s *Server) Unlock(ctx context.Context, req *v3lockpb.UnlockRequest) (*v3lockpb.UnlockResponse, error) {
+	key := string(req.Key)
+	if key == "" {
+		return nil, rpctypes.ErrEmptyKey // etcd's answer to an empty key
+	}
+	_, lease, ok := ParseOwnerKey(key)
+	if !ok {
+		return nil, errNotOwnerKey
+	}
+	resp, err := s.b.Client.Txn(ctx).
+		If(clientv3.Compare(clientv3.LeaseValue(key), "=", lease)).
+		Then(clientv3.OpDelete(key)).
+		Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).
+		Commit()
+	if err != nil {
+		return nil, err
+	}
+	if !resp.Succeeded && len(resp.Responses[0].GetResponseRange().Kvs) > 0 {
+		return nil, errNotOwnerKey
+	}
+	return &v3lockpb.UnlockResponse{Header: resp.Header}, nil
+}

@@ -1,0 +1,98 @@
+package proxy
+
+import (
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// EmbeddedEtcd is a real single-member etcd running inside this process, on
+// loopback ports chosen by the kernel.
+type EmbeddedEtcd struct {
+	URL string // client URL, http://127.0.0.1:port
+	Dir string // absolute data directory
+
+	e     *embed.Etcd
+	level zap.AtomicLevel
+}
+
+// EmbedOptions tune StartEmbeddedEtcd.
+type EmbedOptions struct {
+	// LogLevel of etcd's own logger (debug, info, warn, error).
+	LogLevel string
+	// UnsafeNoFsync trades durability for speed; for tests only.
+	UnsafeNoFsync bool
+	// StartTimeout bounds how long to wait for the member to serve.
+	StartTimeout time.Duration
+}
+
+// StartEmbeddedEtcd starts etcd with its data in dir (created if missing); an
+// existing data dir is reused with its data.
+func StartEmbeddedEtcd(dir string, opts EmbedOptions) (*EmbeddedEtcd, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(abs, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	if opts.LogLevel == "" {
+		opts.LogLevel = "error"
+	}
+	if opts.StartTimeout <= 0 {
+		opts.StartTimeout = time.Minute
+	}
+	cfg := embed.NewConfig()
+	cfg.Name = "coordproxy-dev"
+	cfg.Dir = abs
+	// Port 0: the kernel picks free ports, so dev mode never collides with an
+	// etcd already running on 2379. A single member never dials its peer URL,
+	// so the stored ":0" peer URL stays valid across restarts.
+	loopback := url.URL{Scheme: "http", Host: "127.0.0.1:0"}
+	cfg.ListenClientUrls = []url.URL{loopback}
+	cfg.AdvertiseClientUrls = []url.URL{loopback}
+	cfg.ListenPeerUrls = []url.URL{loopback}
+	cfg.AdvertisePeerUrls = []url.URL{loopback}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	level, err := zap.ParseAtomicLevel(opts.LogLevel)
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd log level: %w", err)
+	}
+	zcfg := zap.NewProductionConfig()
+	zcfg.Level = level
+	zcfg.Sampling = nil
+	lg, err := zcfg.Build()
+	if err != nil {
+		return nil, err
+	}
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg)
+	cfg.UnsafeNoFsync = opts.UnsafeNoFsync
+
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("start embedded etcd in %s: %w", abs, err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd: %w", err)
+	case <-time.After(opts.StartTimeout):
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd in %s did not become ready within %s", abs, opts.StartTimeout)
+	}
+	return &EmbeddedEtcd{URL: "http://" + e.Clients[0].Addr().String(), Dir: abs, e: e, level: level}, nil
+}
+
+// Close stops the member; its data stays in Dir.
+func (e *EmbeddedEtcd) Close() {
+	// etcd logs each listener it closes as a serving failure; a stop we asked
+	// for is not one.
+	e.level.SetLevel(zap.FatalLevel)
+	e.e.Close()
+}

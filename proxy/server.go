@@ -1,0 +1,225 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/coordproxy/coordproxy/electionproxy"
+	"github.com/coordproxy/coordproxy/lockproxy"
+	"github.com/prometheus/client_golang/prometheus"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+)
+
+// Config is everything a Server needs; cmd/coordproxy fills it from flags and
+// the environment.
+type Config struct {
+	// Endpoints are etcd client URLs. Empty means dev mode: a real
+	// single-member etcd is started in this process with its data in DataDir.
+	Endpoints []string
+	// Listen is the gRPC address, host:port.
+	Listen string
+	// DataDir holds the embedded etcd's data in dev mode.
+	DataDir string
+	// DialTimeout bounds connecting to etcd.
+	DialTimeout time.Duration
+	// RequestTimeout bounds every etcd call the proxy makes on its own.
+	RequestTimeout time.Duration
+	// ShutdownTimeout bounds the graceful stop before it is forced.
+	ShutdownTimeout time.Duration
+	// Logger receives the proxy's logs; nil discards them.
+	Logger *slog.Logger
+	// Registry receives the proxy's metrics; nil makes a private one.
+	Registry *prometheus.Registry
+	// Embed tunes the dev-mode etcd.
+	Embed EmbedOptions
+}
+
+// Etcd's limits, so that requests the proxy forwards are judged as etcd
+// judges them: 1.5 MiB of request plus gRPC overhead, and keepalive pings no
+// more often than every 5 s.
+const (
+	maxRequestBytes    = 1.5*1024*1024 + 512*1024
+	keepaliveMinTime   = 5 * time.Second
+	defaultDialTimeout = 5 * time.Second
+	defaultReqTimeout  = 5 * time.Second
+	defaultStopTimeout = 10 * time.Second
+	etcdClientLogLevel = zap.ErrorLevel
+	maxClientCallBytes = maxRequestBytes
+	maxClientRecvBytes = 1<<31 - 1
+)
+
+// Server is one coordproxy: a gRPC listener in front of an etcd cluster.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+
+	lis      net.Listener
+	etcd     *EmbeddedEtcd
+	client   *clientv3.Client
+	backend  *lockproxy.Backend
+	grpc     *grpc.Server
+	serveErr chan error
+}
+
+// New returns a Server for cfg; Start or Run starts it.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = defaultDialTimeout
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = defaultReqTimeout
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = defaultStopTimeout
+	}
+	return &Server{cfg: cfg, log: cfg.Logger, serveErr: make(chan error, 1)}
+}
+
+// Run starts the server, serves until ctx is done, then stops gracefully
+// within the shutdown timeout.
+func (s *Server) Run(ctx context.Context) error {
+	if err := s.Start(ctx); err != nil {
+		return err
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-s.serveErr:
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	s.Shutdown(sctx)
+	return err
+}
+
+// Start listens, connects to etcd (starting the embedded one in dev mode) and
+// serves in the background.
+func (s *Server) Start(ctx context.Context) (err error) {
+	// Listen first: a taken port fails at once, before etcd is touched.
+	s.lis, err = net.Listen("tcp", s.cfg.Listen)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			s.closeBackends(context.Background())
+			s.lis.Close()
+		}
+	}()
+
+	endpoints := s.cfg.Endpoints
+	if len(endpoints) == 0 {
+		s.etcd, err = StartEmbeddedEtcd(s.cfg.DataDir, s.cfg.Embed)
+		if err != nil {
+			return err
+		}
+		endpoints = []string{s.etcd.URL}
+		s.log.Info("dev mode: started embedded etcd", "url", s.etcd.URL, "data_dir", s.etcd.Dir)
+	}
+
+	zcfg := zap.NewProductionConfig()
+	zcfg.Level = zap.NewAtomicLevelAt(etcdClientLogLevel)
+	zcfg.Sampling = nil
+	zlog, err := zcfg.Build()
+	if err != nil {
+		return err
+	}
+	s.client, err = clientv3.New(clientv3.Config{
+		Endpoints:            endpoints,
+		DialTimeout:          s.cfg.DialTimeout,
+		DialKeepAliveTime:    30 * time.Second,
+		DialKeepAliveTimeout: 10 * time.Second,
+		MaxCallSendMsgSize:   maxClientCallBytes,
+		MaxCallRecvMsgSize:   maxClientRecvBytes,
+		Logger:               zlog,
+		Context:              context.WithoutCancel(ctx),
+	})
+	if err != nil {
+		return fmt.Errorf("etcd client: %w", err)
+	}
+
+	s.backend = lockproxy.NewBackend(s.client, lockproxy.Options{
+		RequestTimeout: s.cfg.RequestTimeout,
+		Logger:         s.log,
+		Metrics:        lockproxy.NewMetrics(s.cfg.Registry),
+	})
+	s.grpc = grpc.NewServer(
+		grpc.MaxRecvMsgSize(maxRequestBytes),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime}),
+	)
+	v3lockpb.RegisterLockServer(s.grpc, lockproxy.New(s.backend))
+	v3electionpb.RegisterElectionServer(s.grpc, electionproxy.New(s.backend))
+	pb.RegisterLeaseServer(s.grpc, &leaseServer{lc: pb.NewLeaseClient(s.client.ActiveConnection()), b: s.backend})
+	reflection.Register(s.grpc)
+
+	go func() {
+		if err := s.grpc.Serve(s.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			s.serveErr <- err
+		}
+	}()
+	s.log.Info("serving etcd Lock, Election and Lease APIs", "listen", s.lis.Addr().String(), "etcd", endpoints)
+	return nil
+}
+
+// Addr is the address the server listens on.
+func (s *Server) Addr() net.Addr { return s.lis.Addr() }
+
+// Client is the proxy's own etcd client.
+func (s *Server) Client() *clientv3.Client { return s.client }
+
+// Registry holds the proxy's metrics.
+func (s *Server) Registry() *prometheus.Registry { return s.cfg.Registry }
+
+// Shutdown stops the server: no new calls, in-flight unary calls finish,
+// waiting Lock and Campaign calls remove their keys and answer Unavailable,
+// streams end. What is still running when ctx is done is cut off. Then the
+// etcd client and, in dev mode, the embedded etcd are closed.
+func (s *Server) Shutdown(ctx context.Context) {
+	s.log.Info("stopping")
+	stopped := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(stopped)
+	}()
+	s.backend.Stop()
+	select {
+	case <-stopped:
+	case <-ctx.Done():
+		s.log.Warn("graceful stop timed out; closing remaining calls")
+		s.grpc.Stop()
+		<-stopped
+	}
+	s.closeBackends(ctx)
+	s.log.Info("stopped")
+}
+
+// closeBackends gives pending cleanups until ctx is done.
+func (s *Server) closeBackends(ctx context.Context) {
+	if s.backend != nil {
+		s.backend.Close(ctx)
+	}
+	if s.client != nil {
+		s.client.Close()
+	}
+	if s.etcd != nil {
+		s.etcd.Close()
+		s.log.Info("embedded etcd stopped", "data_dir", s.etcd.Dir)
+	}
+}
