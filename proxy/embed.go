@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
@@ -17,8 +18,9 @@ type EmbeddedEtcd struct {
 	URL string // client URL, http://127.0.0.1:port
 	Dir string // absolute data directory
 
-	e     *embed.Etcd
-	level zap.AtomicLevel
+	e         *embed.Etcd
+	level     zap.AtomicLevel
+	closeOnce sync.Once
 }
 
 // EmbedOptions tune StartEmbeddedEtcd.
@@ -29,6 +31,10 @@ type EmbedOptions struct {
 	UnsafeNoFsync bool
 	// StartTimeout bounds how long to wait for the member to serve.
 	StartTimeout time.Duration
+	// ClientAddr and PeerAddr fix the loopback ports (host:port); empty lets
+	// the kernel choose. A test that restarts etcd under a running proxy
+	// needs the same client address both times.
+	ClientAddr, PeerAddr string
 }
 
 // StartEmbeddedEtcd starts etcd with its data in dir (created if missing); an
@@ -53,11 +59,18 @@ func StartEmbeddedEtcd(dir string, opts EmbedOptions) (*EmbeddedEtcd, error) {
 	// Port 0: the kernel picks free ports, so dev mode never collides with an
 	// etcd already running on 2379. A single member never dials its peer URL,
 	// so the stored ":0" peer URL stays valid across restarts.
-	loopback := url.URL{Scheme: "http", Host: "127.0.0.1:0"}
-	cfg.ListenClientUrls = []url.URL{loopback}
-	cfg.AdvertiseClientUrls = []url.URL{loopback}
-	cfg.ListenPeerUrls = []url.URL{loopback}
-	cfg.AdvertisePeerUrls = []url.URL{loopback}
+	clientURL := url.URL{Scheme: "http", Host: "127.0.0.1:0"}
+	peerURL := clientURL
+	if opts.ClientAddr != "" {
+		clientURL.Host = opts.ClientAddr
+	}
+	if opts.PeerAddr != "" {
+		peerURL.Host = opts.PeerAddr
+	}
+	cfg.ListenClientUrls = []url.URL{clientURL}
+	cfg.AdvertiseClientUrls = []url.URL{clientURL}
+	cfg.ListenPeerUrls = []url.URL{peerURL}
+	cfg.AdvertisePeerUrls = []url.URL{peerURL}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
 	level, err := zap.ParseAtomicLevel(opts.LogLevel)
 	if err != nil {
@@ -91,8 +104,10 @@ func StartEmbeddedEtcd(dir string, opts EmbedOptions) (*EmbeddedEtcd, error) {
 
 // Close stops the member; its data stays in Dir.
 func (e *EmbeddedEtcd) Close() {
-	// etcd logs each listener it closes as a serving failure; a stop we asked
-	// for is not one.
-	e.level.SetLevel(zap.FatalLevel)
-	e.e.Close()
+	e.closeOnce.Do(func() {
+		// etcd logs each listener it closes as a serving failure; a stop we
+		// asked for is not one.
+		e.level.SetLevel(zap.FatalLevel)
+		e.e.Close()
+	})
 }

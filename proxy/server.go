@@ -18,7 +18,6 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
-	"google.golang.org/grpc/reflection"
 )
 
 // Config is everything a Server needs; cmd/coordproxy fills it from flags and
@@ -41,6 +40,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Registry receives the proxy's metrics; nil makes a private one.
 	Registry *prometheus.Registry
+	// ObserveBuffer is how many leader changes an Observe stream may fall
+	// behind before it is ended with ResourceExhausted (0: 1024).
+	ObserveBuffer int
 	// Embed tunes the dev-mode etcd.
 	Embed EmbedOptions
 }
@@ -157,6 +159,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 
 	s.backend = lockproxy.NewBackend(s.client, lockproxy.Options{
 		RequestTimeout: s.cfg.RequestTimeout,
+		ObserveBuffer:  s.cfg.ObserveBuffer,
 		Logger:         s.log,
 		Metrics:        lockproxy.NewMetrics(s.cfg.Registry),
 	})
@@ -167,7 +170,9 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	v3lockpb.RegisterLockServer(s.grpc, lockproxy.New(s.backend))
 	v3electionpb.RegisterElectionServer(s.grpc, electionproxy.New(s.backend))
 	pb.RegisterLeaseServer(s.grpc, &leaseServer{lc: pb.NewLeaseClient(s.client.ActiveConnection()), b: s.backend})
-	reflection.Register(s.grpc)
+	if err := registerReflection(s.grpc); err != nil {
+		return err
+	}
 
 	go func() {
 		if err := s.grpc.Serve(s.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {

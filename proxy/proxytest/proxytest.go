@@ -89,4 +89,3 @@ func Client(t testing.TB, endpoints ...string) *clientv3.Client {
 	t.Cleanup(func() { c.Close() })
 	return c
 }
-

@@ -1,0 +1,473 @@
+package lockproxy_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coordproxy/coordproxy/lockproxy"
+	"github.com/coordproxy/coordproxy/proxy"
+	"github.com/coordproxy/coordproxy/proxy/proxytest"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+func lock(t *testing.T, env *proxytest.Env, name string, lease int64) *v3lockpb.LockResponse {
+	t.Helper()
+	resp, err := env.Lock.Lock(proxytest.Ctx(t), &v3lockpb.LockRequest{Name: []byte(name), Lease: lease})
+	if err != nil {
+		t.Fatalf("lock %q: %v", name, err)
+	}
+	return resp
+}
+
+func unlock(t *testing.T, env *proxytest.Env, key []byte) {
+	t.Helper()
+	if _, err := env.Lock.Unlock(proxytest.Ctx(t), &v3lockpb.UnlockRequest{Key: key}); err != nil {
+		t.Fatalf("unlock %q: %v", key, err)
+	}
+}
+
+// call runs f in the background; done is closed when it returns.
+type call struct {
+	done chan struct{}
+	err  error
+}
+
+func start(f func() error) *call {
+	c := &call{done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		c.err = f()
+	}()
+	return c
+}
+
+func (c *call) returned() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (c *call) wait(t *testing.T) error {
+	t.Helper()
+	select {
+	case <-c.done:
+		return c.err
+	case <-time.After(30 * time.Second):
+		t.Fatal("call did not return")
+		return nil
+	}
+}
+
+func TestLock_excludesConcurrencyMutexBothWays(t *testing.T) {
+	env := proxytest.New(t, proxy.Config{})
+	ctx := proxytest.Ctx(t)
+	sess, err := concurrency.NewSession(env.KV, concurrency.WithTTL(30))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sess.Close()
+
+	t.Run("proxy holds, mutex waits", func(t *testing.T) {
+		held := lock(t, env, "interop1", env.Grant(t, 30))
+		m := concurrency.NewMutex(sess, "interop1")
+		if err := m.TryLock(ctx); !errors.Is(err, concurrency.ErrLocked) {
+			t.Fatalf("TryLock while the proxy holds: %v, want ErrLocked", err)
+		}
+		c := start(func() error { return m.Lock(ctx) })
+		env.WaitKeys(t, "interop1/", 2)
+		if c.returned() {
+			t.Fatalf("mutex locked while the proxy holds: %v", c.err)
+		}
+		unlock(t, env, held.Key)
+		if err := c.wait(t); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Unlock(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("mutex holds, proxy waits", func(t *testing.T) {
+		m := concurrency.NewMutex(sess, "interop2")
+		if err := m.Lock(ctx); err != nil {
+			t.Fatal(err)
+		}
+		lease := env.Grant(t, 30)
+		var got *v3lockpb.LockResponse
+		c := start(func() (err error) {
+			got, err = env.Lock.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("interop2"), Lease: lease})
+			return err
+		})
+		env.WaitKeys(t, "interop2/", 2)
+		if c.returned() {
+			t.Fatalf("proxy locked while the mutex holds: %v", c.err)
+		}
+		if err := m.Unlock(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.wait(t); err != nil {
+			t.Fatal(err)
+		}
+		if want := lockproxy.OwnerKey("interop2", clientv3.LeaseID(lease)); string(got.Key) != want {
+			t.Fatalf("key %q, want %q", got.Key, want)
+		}
+	})
+
+	t.Run("same lease, same key as concurrency", func(t *testing.T) {
+		m := concurrency.NewMutex(sess, "interop3")
+		if err := m.Lock(ctx); err != nil {
+			t.Fatal(err)
+		}
+		// Locking with the lease that already holds is the same acquisition.
+		got := lock(t, env, "interop3", int64(sess.Lease()))
+		if string(got.Key) != m.Key() {
+			t.Fatalf("proxy key %q, concurrency key %q", got.Key, m.Key())
+		}
+		unlock(t, env, got.Key)
+	})
+}
+
+// fence is the critical section's write: it succeeds only while the lock
+// key still has the create revision the holder got, and only if nobody
+// wrote the counter since the holder read it. Overlapping holders make one
+// of them fail.
+type fence struct {
+	kv      *clientv3.Client
+	counter string
+	inside  atomic.Int32
+
+	overlaps, failed, done atomic.Int64
+}
+
+func (f *fence) critical(ctx context.Context, lockKey string) error {
+	if f.inside.Add(1) != 1 {
+		f.overlaps.Add(1)
+	}
+	defer f.inside.Add(-1)
+	kr, err := f.kv.Get(ctx, lockKey)
+	if err != nil {
+		return err
+	}
+	if len(kr.Kvs) == 0 {
+		f.failed.Add(1)
+		return nil
+	}
+	lockRev := kr.Kvs[0].CreateRevision
+	cr, err := f.kv.Get(ctx, f.counter)
+	if err != nil {
+		return err
+	}
+	n, mod := 0, int64(0)
+	if len(cr.Kvs) > 0 {
+		n, _ = strconv.Atoi(string(cr.Kvs[0].Value))
+		mod = cr.Kvs[0].ModRevision
+	}
+	resp, err := f.kv.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(lockKey), "=", lockRev),
+			clientv3.Compare(clientv3.ModRevision(f.counter), "=", mod)).
+		Then(clientv3.OpPut(f.counter, strconv.Itoa(n+1))).
+		Commit()
+	if err != nil {
+		return err
+	}
+	if resp.Succeeded {
+		f.done.Add(1)
+	} else {
+		f.failed.Add(1)
+	}
+	return nil
+}
+
+func (f *fence) check(t *testing.T, want int) {
+	t.Helper()
+	if f.overlaps.Load() != 0 || f.failed.Load() != 0 {
+		t.Fatalf("overlaps=%d failed fenced writes=%d", f.overlaps.Load(), f.failed.Load())
+	}
+	resp, err := f.kv.Get(context.Background(), f.counter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(resp.Kvs[0].Value); got != strconv.Itoa(want) || f.done.Load() != int64(want) {
+		t.Fatalf("counter %s, fenced writes %d, want %d", got, f.done.Load(), want)
+	}
+}
+
+func TestLock_mutualExclusionWithFencedWrites(t *testing.T) {
+	const workers, rounds = 16, 8
+	env := proxytest.New(t, proxy.Config{})
+	ctx := proxytest.Ctx(t)
+	f := &fence{kv: env.KV, counter: "mutex-counter"}
+	var wg sync.WaitGroup
+	errc := make(chan error, workers)
+	for range workers {
+		lease := env.Grant(t, 60)
+		wg.Go(func() {
+			for range rounds {
+				resp, err := env.Lock.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("mutex"), Lease: lease})
+				if err != nil {
+					errc <- err
+					return
+				}
+				if err := f.critical(ctx, string(resp.Key)); err != nil {
+					errc <- err
+					return
+				}
+				if _, err := env.Lock.Unlock(ctx, &v3lockpb.UnlockRequest{Key: resp.Key}); err != nil {
+					errc <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Fatal(err)
+	}
+	f.check(t, workers*rounds)
+	if kvs := env.Keys(t, "mutex/"); len(kvs) != 0 {
+		t.Fatalf("%d keys left under mutex/", len(kvs))
+	}
+}
+
+func TestLock_mutualExclusionMixedWithConcurrencyMutex(t *testing.T) {
+	const workers, rounds = 16, 6
+	env := proxytest.New(t, proxy.Config{})
+	ctx := proxytest.Ctx(t)
+	f := &fence{kv: env.KV, counter: "mixed-counter"}
+	var wg sync.WaitGroup
+	errc := make(chan error, workers)
+	for i := range workers {
+		if i%2 == 0 {
+			lease := env.Grant(t, 60)
+			wg.Go(func() {
+				for range rounds {
+					resp, err := env.Lock.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("mixed"), Lease: lease})
+					if err == nil {
+						err = f.critical(ctx, string(resp.Key))
+					}
+					if err == nil {
+						_, err = env.Lock.Unlock(ctx, &v3lockpb.UnlockRequest{Key: resp.Key})
+					}
+					if err != nil {
+						errc <- err
+						return
+					}
+				}
+			})
+			continue
+		}
+		sess, err := concurrency.NewSession(env.KV, concurrency.WithTTL(60))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { sess.Close() })
+		wg.Go(func() {
+			m := concurrency.NewMutex(sess, "mixed")
+			for range rounds {
+				err := m.Lock(ctx)
+				if err == nil {
+					err = f.critical(ctx, m.Key())
+				}
+				if err == nil {
+					err = m.Unlock(ctx)
+				}
+				if err != nil {
+					errc <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Fatal(err)
+	}
+	f.check(t, workers*rounds)
+}
+
+func TestLock_cancelledWaitersLeaveNoKeys(t *testing.T) {
+	env := proxytest.New(t, proxy.Config{})
+	holder := lock(t, env, "gone", env.Grant(t, 60))
+	const waiters = 20
+	ctx, cancel := context.WithCancel(proxytest.Ctx(t))
+	var calls []*call
+	for i := range waiters {
+		lease := env.Grant(t, 60)
+		c := start(func() error {
+			cctx := ctx
+			if i%2 == 0 {
+				// half give up by deadline, half by cancellation
+				var dcancel context.CancelFunc
+				cctx, dcancel = context.WithTimeout(ctx, 300*time.Millisecond)
+				defer dcancel()
+			}
+			_, err := env.Lock.Lock(cctx, &v3lockpb.LockRequest{Name: []byte("gone"), Lease: lease})
+			return err
+		})
+		calls = append(calls, c)
+	}
+	env.WaitKeys(t, "gone/", waiters+1)
+	cancel()
+	for _, c := range calls {
+		if code := status.Code(c.wait(t)); code != codes.Canceled && code != codes.DeadlineExceeded {
+			t.Fatalf("waiter ended with %v, want Canceled or DeadlineExceeded", c.err)
+		}
+	}
+	// A cancelled call returns to the client at once; the proxy removes the
+	// key within its request timeout.
+	env.WaitKeys(t, "gone/", 1)
+	kvs := env.Keys(t, "gone/")
+	if len(kvs) != 1 || string(kvs[0].Key) != string(holder.Key) {
+		t.Fatalf("keys left: %v, want only the holder's %q", kvs, holder.Key)
+	}
+}
+
+func TestLock_waiterWhoseLeaseEndsIsToldAtOnce(t *testing.T) {
+	env := proxytest.New(t, proxy.Config{})
+	ctx := proxytest.Ctx(t)
+	holder := lock(t, env, "expire", env.Grant(t, 60))
+	lease := env.Grant(t, 60)
+	c := start(func() error {
+		_, err := env.Lock.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("expire"), Lease: lease})
+		return err
+	})
+	env.WaitKeys(t, "expire/", 2)
+	if _, err := env.KV.Revoke(ctx, clientv3.LeaseID(lease)); err != nil {
+		t.Fatal(err)
+	}
+	// etcd's Lock keeps waiting until the holder goes and only then says
+	// the session expired; the proxy answers while the holder still holds.
+	err := c.wait(t)
+	if st := status.Convert(err); st.Code() != codes.Unknown || st.Message() != concurrency.ErrSessionExpired.Error() {
+		t.Fatalf("got %v, want Unknown %q", err, concurrency.ErrSessionExpired)
+	}
+	if kvs := env.Keys(t, "expire/"); len(kvs) != 1 || string(kvs[0].Key) != string(holder.Key) {
+		t.Fatalf("keys: %v, want the holder's only", kvs)
+	}
+}
+
+func TestUnlock_refusesKeysThatAreNotOwnershipKeys(t *testing.T) {
+	env := proxytest.New(t, proxy.Config{})
+	ctx := proxytest.Ctx(t)
+	lease := env.Grant(t, 60)
+	other := env.Grant(t, 60)
+	put := func(key string, lease int64) {
+		if _, err := env.KV.Put(ctx, key, "data", clientv3.WithLease(clientv3.LeaseID(lease))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hexOf := func(l int64) string { return strconv.FormatInt(l, 16) }
+	put("config", 0)
+	put("app/settings", 0)
+	put("app/abc", 0)                                // looks like an ownership key, has no lease
+	put("app/"+hexOf(lease), other)                  // named after one lease, attached to another
+	put("app/"+strings.ToUpper(hexOf(lease)), lease) // not the form concurrency writes
+
+	for _, key := range []string{"config", "app/settings", "app/abc", "app/" + hexOf(lease), "app/" + strings.ToUpper(hexOf(lease)), "app/0"} {
+		_, err := env.Lock.Unlock(ctx, &v3lockpb.UnlockRequest{Key: []byte(key)})
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), `"key"`) {
+			t.Errorf("Unlock(%q) = %v, want InvalidArgument naming the key field", key, err)
+		}
+	}
+	if n := len(env.Keys(t, "app/")) + len(env.Keys(t, "config")); n != 5 {
+		t.Fatalf("%d keys left, want all 5: Unlock must not delete what it refuses", n)
+	}
+}
+
+func TestLock_emptyNameIsInvalidArgument(t *testing.T) {
+	env := proxytest.New(t, proxy.Config{})
+	_, err := env.Lock.Lock(proxytest.Ctx(t), &v3lockpb.LockRequest{Lease: env.Grant(t, 60)})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), `"name"`) {
+		t.Fatalf("got %v, want InvalidArgument naming the name field", err)
+	}
+	if kvs := env.Keys(t, "/"); len(kvs) != 0 {
+		t.Fatalf("keys left: %v", kvs)
+	}
+}
+
+func TestLock_lease0IsCountedAndLoggedOncePerName(t *testing.T) {
+	var logs syncBuffer
+	env := proxytest.New(t, proxy.Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	for i := range 3 {
+		resp := lock(t, env, fmt.Sprintf("zero%d", i%2), 0)
+		unlock(t, env, resp.Key)
+	}
+	got := env.Metric(t, "coordproxy_lease_zero_calls_total", map[string]string{"rpc": "Lock"})
+	if got != 3 {
+		t.Fatalf("lease-0 Lock calls counted %v, want 3", got)
+	}
+	if n := strings.Count(logs.String(), "Lock with lease 0"); n != 2 {
+		t.Fatalf("logged %d times, want once per name (2):\n%s", n, logs.String())
+	}
+}
+
+func TestLock_waiterKeyRemovedAfterEtcdComesBack(t *testing.T) {
+	// The client gives up while etcd cannot be reached: the proxy cannot
+	// delete the waiter key then, and must do it once etcd is back, on its
+	// own.
+	etcd := proxytest.StartEtcd(t)
+	fault, url := proxytest.FaultProxy(t, etcd.URL)
+	env := proxytest.NewProxyEnv(t, etcd, url, proxy.Config{RequestTimeout: 500 * time.Millisecond})
+	holder := lock(t, env, "outage", env.Grant(t, 600))
+	lease := env.Grant(t, 600)
+	ctx, cancel := context.WithCancel(proxytest.Ctx(t))
+	c := start(func() error {
+		_, err := env.Lock.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("outage"), Lease: lease})
+		return err
+	})
+	env.WaitKeys(t, "outage/", 2)
+	fault.PauseTx()
+	fault.PauseRx()
+	cancel()
+	if code := status.Code(c.wait(t)); code != codes.Canceled {
+		t.Fatalf("waiter ended with %v, want Canceled", c.err)
+	}
+	proxytest.WaitFor(t, 30*time.Second, func() (bool, string) {
+		n := env.Metric(t, "coordproxy_waiter_cleanups_total", map[string]string{"result": "failed"})
+		return n > 0, "no failed cleanup attempt while etcd was cut off"
+	})
+	if kvs := env.Keys(t, "outage/"); len(kvs) != 2 {
+		t.Fatalf("%d keys while cut off, want 2", len(kvs))
+	}
+	fault.UnpauseTx()
+	fault.UnpauseRx()
+	env.WaitKeys(t, "outage/", 1)
+	if kvs := env.Keys(t, "outage/"); string(kvs[0].Key) != string(holder.Key) {
+		t.Fatalf("left %q, want the holder's %q", kvs[0].Key, holder.Key)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

@@ -1,0 +1,192 @@
+package proxytest
+
+import (
+	"context"
+	"net"
+	"net/url"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/coordproxy/coordproxy/proxy"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	etcdproxy "go.etcd.io/etcd/pkg/v3/proxy"
+	"go.uber.org/zap"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
+	"google.golang.org/grpc"
+)
+
+// Env is a real etcd with a coordproxy in front of it, and clients for both.
+type Env struct {
+	Etcd  *proxy.EmbeddedEtcd
+	Proxy *proxy.Server
+	// KV talks straight to etcd: for setup and for inspecting the keyspace.
+	KV *clientv3.Client
+	// Conn and the service clients talk to the proxy.
+	Conn     *grpc.ClientConn
+	Lock     v3lockpb.LockClient
+	Election v3electionpb.ElectionClient
+	Lease    pb.LeaseClient
+}
+
+// New starts etcd and a proxy in front of it.
+func New(t testing.TB, cfg proxy.Config) *Env {
+	t.Helper()
+	etcd := StartEtcd(t)
+	return NewProxyEnv(t, etcd, etcd.URL, cfg)
+}
+
+// NewProxyEnv starts a proxy in front of an etcd the test already runs,
+// reaching it at etcdURL (etcd.URL, or a fault proxy in front of it).
+func NewProxyEnv(t testing.TB, etcd *proxy.EmbeddedEtcd, etcdURL string, cfg proxy.Config) *Env {
+	t.Helper()
+	srv := StartProxy(t, []string{etcdURL}, cfg)
+	conn := Dial(t, srv.Addr().String())
+	return &Env{
+		Etcd:     etcd,
+		Proxy:    srv,
+		KV:       Client(t, etcd.URL),
+		Conn:     conn,
+		Lock:     v3lockpb.NewLockClient(conn),
+		Election: v3electionpb.NewElectionClient(conn),
+		Lease:    pb.NewLeaseClient(conn),
+	}
+}
+
+// Ctx is a context bounded so that a hung call fails the test instead of
+// hanging it.
+func Ctx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// Grant grants a lease of ttl seconds through the proxy.
+func (e *Env) Grant(t testing.TB, ttl int64) int64 {
+	t.Helper()
+	resp, err := e.Lease.LeaseGrant(Ctx(t), &pb.LeaseGrantRequest{TTL: ttl})
+	if err != nil {
+		t.Fatalf("grant: %v", err)
+	}
+	return resp.ID
+}
+
+// Keys lists every key under prefix, straight from etcd.
+func (e *Env) Keys(t testing.TB, prefix string) []*mvccpb.KeyValue {
+	t.Helper()
+	resp, err := e.KV.Get(Ctx(t), prefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatalf("get %q: %v", prefix, err)
+	}
+	return resp.Kvs
+}
+
+// WaitKeys waits until prefix holds exactly n keys: the fence that orders
+// steps of a test without sleeping for a guessed time.
+func (e *Env) WaitKeys(t testing.TB, prefix string, n int) {
+	t.Helper()
+	WaitFor(t, 30*time.Second, func() (bool, string) {
+		kvs := e.Keys(t, prefix)
+		return len(kvs) == n, strconv.Itoa(len(kvs)) + " keys under " + strconv.Quote(prefix) + ", want " + strconv.Itoa(n)
+	})
+}
+
+// WaitFor polls cond until it holds or bound passes, then fails with cond's
+// last description.
+func WaitFor(t testing.TB, bound time.Duration, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(bound)
+	for {
+		ok, what := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", bound, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// FreeAddr returns a loopback address with a port that was free a moment ago.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// Metric is the value of the metric called name whose labels include all of
+// labels, as the proxy's registry reports it; 0 if there is none yet.
+func (e *Env) Metric(t testing.TB, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := e.Proxy.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metrics:
+		for _, m := range mf.GetMetric() {
+			have := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				have[lp.GetName()] = lp.GetValue()
+			}
+			for k, v := range labels {
+				if have[k] != v {
+					continue metrics
+				}
+			}
+			switch {
+			case m.Counter != nil:
+				return m.Counter.GetValue()
+			case m.Gauge != nil:
+				return m.Gauge.GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+// FaultProxy puts etcd's own fault-injecting TCP proxy
+// (go.etcd.io/etcd/pkg/v3/proxy) in front of the etcd at toURL and returns it
+// with its client URL; it is closed at cleanup. PauseTx and PauseRx model a
+// partition: bytes are held, not lost, as TCP would retransmit them.
+// (Blackholing drops bytes inside a live HTTP/2 connection, which corrupts it
+// in a way no real network does.)
+func FaultProxy(t testing.TB, toURL string) (etcdproxy.Server, string) {
+	t.Helper()
+	to, err := url.Parse(toURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := url.URL{Scheme: "tcp", Host: FreeAddr(t)}
+	to.Scheme = "tcp"
+	p := etcdproxy.NewServer(etcdproxy.ServerConfig{Logger: zap.NewNop(), From: from, To: *to})
+	select {
+	case <-p.Ready():
+	case err := <-p.Error():
+		t.Fatalf("fault proxy: %v", err)
+	}
+	// The proxy reports copy errors on a small buffered channel and blocks
+	// when it is full: drain it.
+	go func() {
+		for {
+			select {
+			case <-p.Error():
+			case <-p.Done():
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() { p.Close() })
+	return p, "http://" + from.Host
+}
