@@ -11,11 +11,11 @@ import (
 	"github.com/coordproxy/coordproxy/proxy"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	etcdproxy "go.etcd.io/etcd/pkg/v3/proxy"
-	"go.uber.org/zap"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	etcdproxy "go.etcd.io/etcd/pkg/v3/proxy"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
+	"go.uber.org/zap"
 	"google.golang.org/grpc"
 )
 
