@@ -196,7 +196,7 @@ func (b *Backend) Wait(ctx context.Context, name, key string, rev int64) (*pb.Re
 	return resp.Header, nil
 }
 
-// Abandon removes key if it still has create revision rev: first at once on a
-// fresh context bounded by the request timeout, then, if etcd could not be
-// reached, in the background until it succeeds or the proxy closes.
+// Abandon removes key if it still has create revision rev, in the background
+// on the proxy's own context: each attempt is bounded by the request timeout,
+// and attempts repeat until etcd answers or the proxy closes.
 func (b *Backend) Abandon(key string, rev int64) { b.cleaner.remove(key, rev) }

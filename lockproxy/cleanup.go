@@ -22,6 +22,9 @@ type cleaner struct {
 	ctx    context.Context // cancelled when retries must give up
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	waiting bool // wait has begun: no new work may join wg
 }
 
 func newCleaner(client *clientv3.Client, timeout time.Duration, log *slog.Logger, m *Metrics) *cleaner {
@@ -29,23 +32,29 @@ func newCleaner(client *clientv3.Client, timeout time.Duration, log *slog.Logger
 	return &cleaner{client: client, timeout: timeout, log: log, metrics: m, ctx: ctx, cancel: cancel}
 }
 
+// remove deletes key in the background, so that the call that abandoned it
+// returns at once: a handler never outlives its client's deadline by more
+// than the request timeout. The first attempt starts immediately; failures
+// are retried until etcd answers or the proxy closes.
 func (c *cleaner) remove(key string, rev int64) {
-	if c.try(key, rev) == nil {
+	c.mu.Lock()
+	if c.waiting {
+		// A call cut off by a forced stop: one last attempt, untracked.
+		c.mu.Unlock()
+		go c.try(key, rev)
 		return
 	}
 	c.wg.Add(1)
+	c.mu.Unlock()
 	go func() {
 		defer c.wg.Done()
 		b := newBackoff(50*time.Millisecond, time.Second)
-		for {
+		for c.try(key, rev) != nil {
 			select {
 			case <-c.ctx.Done():
 				c.log.Error("gave up removing abandoned waiter key; it stays until its lease expires", "key", key, "create_revision", rev)
 				return
 			case <-time.After(b.next()):
-			}
-			if c.try(key, rev) == nil {
-				return
 			}
 		}
 	}()
@@ -72,6 +81,9 @@ func (c *cleaner) try(key string, rev int64) error {
 
 // wait lets retries run until they finish or ctx is done, then stops them.
 func (c *cleaner) wait(ctx context.Context) {
+	c.mu.Lock()
+	c.waiting = true
+	c.mu.Unlock()
 	done := make(chan struct{})
 	go func() {
 		c.wg.Wait()

@@ -163,9 +163,12 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		Logger:         s.log,
 		Metrics:        lockproxy.NewMetrics(s.cfg.Registry),
 	})
+	overrun := newOverrunCheck(s.log, s.cfg.RequestTimeout, s.cfg.Registry)
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(maxRequestBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime}),
+		grpc.ChainUnaryInterceptor(overrun.unary),
+		grpc.ChainStreamInterceptor(overrun.stream),
 	)
 	v3lockpb.RegisterLockServer(s.grpc, lockproxy.New(s.backend))
 	v3electionpb.RegisterElectionServer(s.grpc, electionproxy.New(s.backend))
