@@ -57,7 +57,7 @@ const (
 	defaultReqTimeout  = 5 * time.Second
 	defaultStopTimeout = 10 * time.Second
 	etcdClientLogLevel = zap.ErrorLevel
-	maxClientCallBytes = maxRequestBytes
+	maxClientCallBytes = 1<<31 - 1 // etcd judges request sizes; see sizeerr.go
 	maxClientRecvBytes = 1<<31 - 1
 )
 
@@ -167,8 +167,8 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(maxRequestBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime}),
-		grpc.ChainUnaryInterceptor(overrun.unary),
-		grpc.ChainStreamInterceptor(overrun.stream),
+		grpc.ChainUnaryInterceptor(overrun.unary, tooLargeUnary),
+		grpc.ChainStreamInterceptor(overrun.stream, tooLargeStream),
 	)
 	v3lockpb.RegisterLockServer(s.grpc, lockproxy.New(s.backend))
 	v3electionpb.RegisterElectionServer(s.grpc, electionproxy.New(s.backend))

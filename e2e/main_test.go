@@ -1,0 +1,61 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+)
+
+// binDir holds the etcd and coordproxy binaries built for this test run.
+var binDir string
+
+func TestMain(m *testing.M) {
+	var err error
+	if binDir, err = os.MkdirTemp("", "coordproxy-e2e-bin"); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(binDir)
+	os.Exit(code)
+}
+
+// binaries builds etcd (from the pinned module) and coordproxy once.
+var binaries = sync.OnceValues(func() (struct{ etcd, coordproxy string }, error) {
+	var out struct{ etcd, coordproxy string }
+	out.etcd = filepath.Join(binDir, "etcd")
+	out.coordproxy = filepath.Join(binDir, "coordproxy")
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i, b := range []struct{ bin, pkg string }{
+		{out.etcd, "github.com/coordproxy/coordproxy/e2e/etcd"},
+		{out.coordproxy, "github.com/coordproxy/coordproxy/cmd/coordproxy"},
+	} {
+		wg.Go(func() {
+			cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", b.bin, b.pkg)
+			if o, err := cmd.CombinedOutput(); err != nil {
+				errs[i] = fmt.Errorf("go build %s: %v\n%s", b.pkg, err, o)
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+})
+
+func mustBinaries(t *testing.T) (etcd, coordproxy string) {
+	t.Helper()
+	b, err := binaries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.etcd, b.coordproxy
+}
