@@ -43,6 +43,15 @@ type Config struct {
 	// ObserveBuffer is how many leader changes an Observe stream may fall
 	// behind before it is ended with ResourceExhausted (0: 1024).
 	ObserveBuffer int
+	// MaxEtcdRequests bounds the unary etcd requests in flight from this
+	// proxy (0: 128). Calls beyond it wait here, on their own deadlines,
+	// rather than pile up in etcd, which answers "too many requests" once
+	// its apply backlog grows. Watches and lease keep-alive streams are not
+	// counted.
+	MaxEtcdRequests int
+	// QueueLinger keeps a name's etcd watch this long after its last waiter
+	// or observer left (0: 30 s), so that alternating callers share it.
+	QueueLinger time.Duration
 	// Embed tunes the dev-mode etcd.
 	Embed EmbedOptions
 }
@@ -56,6 +65,7 @@ const (
 	defaultDialTimeout = 5 * time.Second
 	defaultReqTimeout  = 5 * time.Second
 	defaultStopTimeout = 10 * time.Second
+	defaultMaxEtcdReqs = 128
 	etcdClientLogLevel = zap.ErrorLevel
 	maxClientCallBytes = 1<<31 - 1 // etcd judges request sizes; see sizeerr.go
 	maxClientRecvBytes = 1<<31 - 1
@@ -90,6 +100,9 @@ func New(cfg Config) *Server {
 	}
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = defaultStopTimeout
+	}
+	if cfg.MaxEtcdRequests <= 0 {
+		cfg.MaxEtcdRequests = defaultMaxEtcdReqs
 	}
 	return &Server{cfg: cfg, log: cfg.Logger, serveErr: make(chan error, 1)}
 }
@@ -152,6 +165,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		MaxCallRecvMsgSize:   maxClientRecvBytes,
 		Logger:               zlog,
 		Context:              context.WithoutCancel(ctx),
+		DialOptions:          []grpc.DialOption{grpc.WithChainUnaryInterceptor(newEtcdLimiter(s.cfg.MaxEtcdRequests, s.cfg.Registry).unary)},
 	})
 	if err != nil {
 		return fmt.Errorf("etcd client: %w", err)
@@ -160,6 +174,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	s.backend = lockproxy.NewBackend(s.client, lockproxy.Options{
 		RequestTimeout: s.cfg.RequestTimeout,
 		ObserveBuffer:  s.cfg.ObserveBuffer,
+		QueueLinger:    s.cfg.QueueLinger,
 		Logger:         s.log,
 		Metrics:        lockproxy.NewMetrics(s.cfg.Registry),
 	})

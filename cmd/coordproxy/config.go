@@ -27,6 +27,7 @@ type Config struct {
 	DialTimeout     time.Duration `envconfig:"DIAL_TIMEOUT" flag:"dial-timeout" default:"5s" desc:"bound for connecting to etcd"`
 	RequestTimeout  time.Duration `envconfig:"REQUEST_TIMEOUT" flag:"request-timeout" default:"5s" desc:"bound for every etcd call the proxy makes on its own (cleanup of abandoned waiters, watch snapshots)"`
 	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" default:"10s" desc:"bound for the graceful stop on SIGINT/SIGTERM before it is forced"`
+	MaxEtcdRequests int           `envconfig:"MAX_ETCD_REQUESTS" flag:"max-etcd-requests" default:"128" desc:"most unary etcd requests in flight at once; more calls wait in the proxy instead of overloading etcd"`
 	LogLevel        string        `envconfig:"LOG_LEVEL" flag:"log-level" default:"info" desc:"debug, info, warn or error"`
 }
 
@@ -113,6 +114,9 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 			return proxy.Config{}, 0, fmt.Errorf("invalid --%s %s: must be positive", d.name, d.v)
 		}
 	}
+	if c.MaxEtcdRequests <= 0 {
+		return proxy.Config{}, 0, fmt.Errorf("invalid --max-etcd-requests %d: must be positive", c.MaxEtcdRequests)
+	}
 	if len(endpoints) == 0 && strings.TrimSpace(c.DataDir) == "" {
 		return proxy.Config{}, 0, errors.New("invalid --data-dir: dev mode (no --endpoints) needs a data directory")
 	}
@@ -123,6 +127,7 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 		DialTimeout:     c.DialTimeout,
 		RequestTimeout:  c.RequestTimeout,
 		ShutdownTimeout: c.ShutdownTimeout,
+		MaxEtcdRequests: c.MaxEtcdRequests,
 	}, level, nil
 }
 

@@ -30,6 +30,8 @@ func TestRun_invalidConfigurationExitsWithOneLine(t *testing.T) {
 		{"bad duration env", nil, map[string]string{"COORDPROXY_REQUEST_TIMEOUT": "soon"}, 2, `invalid COORDPROXY_REQUEST_TIMEOUT="soon"`},
 		{"zero timeout", []string{"--request-timeout", "0s"}, nil, 2, "invalid --request-timeout 0s: must be positive"},
 		{"negative timeout", []string{"--shutdown-timeout", "-1s"}, nil, 2, "invalid --shutdown-timeout -1s: must be positive"},
+		{"no etcd requests allowed", []string{"--max-etcd-requests", "0"}, nil, 2, "invalid --max-etcd-requests 0: must be positive"},
+		{"bad number env", nil, map[string]string{"COORDPROXY_MAX_ETCD_REQUESTS": "many"}, 2, `invalid COORDPROXY_MAX_ETCD_REQUESTS="many"`},
 		{"listen without port", []string{"--listen", "localhost"}, nil, 2, `invalid --listen "localhost"`},
 		{"listen port out of range", []string{"--listen", "127.0.0.1:70000"}, nil, 2, `invalid --listen "127.0.0.1:70000"`},
 		{"log level", []string{"--log-level", "loud"}, nil, 2, `invalid --log-level "loud"`},
@@ -92,7 +94,7 @@ func TestRun_helpExitsZero(t *testing.T) {
 	if code := run([]string{"-h"}, &stdout, &stderr); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	for _, flag := range []string{"-endpoints", "-listen", "-data-dir", "-dial-timeout", "-request-timeout", "-shutdown-timeout", "-log-level", "COORDPROXY_ENDPOINTS"} {
+	for _, flag := range []string{"-endpoints", "-listen", "-data-dir", "-dial-timeout", "-request-timeout", "-shutdown-timeout", "-max-etcd-requests", "-log-level", "COORDPROXY_ENDPOINTS"} {
 		if !strings.Contains(stdout.String(), flag) {
 			t.Errorf("usage lacks %s:\n%s", flag, stdout.String())
 		}

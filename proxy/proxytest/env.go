@@ -2,6 +2,7 @@ package proxytest
 
 import (
 	"context"
+	"github.com/prometheus/client_golang/prometheus"
 	"net"
 	"net/url"
 	"strconv"
@@ -126,7 +127,20 @@ func FreeAddr(t testing.TB) string {
 // labels, as the proxy's registry reports it; 0 if there is none yet.
 func (e *Env) Metric(t testing.TB, name string, labels map[string]string) float64 {
 	t.Helper()
-	mfs, err := e.Proxy.Registry().Gather()
+	return gathered(t, e.Proxy.Registry(), name, labels)
+}
+
+// EtcdMetric is the value of one of the embedded etcd's metrics, such as
+// etcd_debugging_mvcc_watcher_total. etcd registers them in the default
+// registry, so this sums over every etcd the test process runs.
+func EtcdMetric(t testing.TB, name string) float64 {
+	t.Helper()
+	return gathered(t, prometheus.DefaultGatherer, name, nil)
+}
+
+func gathered(t testing.TB, g prometheus.Gatherer, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := g.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,274 @@
+// Command coordbench measures coordproxy against etcd's own Lock and
+// Election services, side by side in one run: it starts a real etcd (or uses
+// --endpoints) and a coordproxy in front of it, runs every scenario against
+// both, and prints ops/s, latency and the ratio proxy/native, with etcd's
+// watcher count and both processes' memory where they matter.
+//
+// The machine may be noisy: read the ratios, which come from one run, rather
+// than the absolute figures.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+// scenario is one row of the table.
+type scenario struct {
+	id, title string
+	run       func(ctx context.Context, b *bench, t target, title string) (result, error)
+	// proxyFirst runs the proxy before etcd's own service, so that the
+	// memory etcd keeps after the native run does not count against the
+	// proxy.
+	proxyFirst bool
+}
+
+var scenarios = []scenario{
+	{id: "uncontended", title: "Lock+Unlock, 1 client", run: func(ctx context.Context, b *bench, t target, title string) (result, error) {
+		return lockScenario(ctx, b, t, title, 1, []string{"u"})
+	}},
+	{id: "parallel", title: "Lock+Unlock, 16 clients, 16 names", run: func(ctx context.Context, b *bench, t target, title string) (result, error) {
+		var names []string
+		for i := range 16 {
+			names = append(names, fmt.Sprintf("p%d", i))
+		}
+		return lockScenario(ctx, b, t, title, 16, names)
+	}},
+	{id: "contended2", title: "Lock+Unlock, 2 clients, 1 name", run: func(ctx context.Context, b *bench, t target, title string) (result, error) {
+		return lockScenario(ctx, b, t, title, 2, []string{"c2"})
+	}},
+	{id: "contended16", title: "Lock+Unlock, 16 clients, 1 name", run: func(ctx context.Context, b *bench, t target, title string) (result, error) {
+		return lockScenario(ctx, b, t, title, 16, []string{"c16"})
+	}},
+	{id: "campaign", title: "Campaign+Proclaim+Resign, 1 client", run: campaignScenario},
+	{id: "observe", title: "Observe fan-out", run: observeScenario},
+	{id: "waiters", title: "blocked Lock waiters on 1 name", run: waitersScenario, proxyFirst: true},
+}
+
+// bench is one run.
+type bench struct {
+	duration       time.Duration
+	observers      int
+	waiters        int
+	waitersTimeout time.Duration
+	etcdURL        string
+	etcd, proxy    *child
+	progressOut    io.Writer
+	seq            atomic.Int64
+	runID          string
+}
+
+// unique gives each scenario run its own names.
+func (b *bench) unique(name string) string {
+	return fmt.Sprintf("coordbench/%s/%s-%d", b.runID, name, b.seq.Add(1))
+}
+
+func (b *bench) etcdRSS() (int64, error) {
+	if b.etcd == nil {
+		return 0, errors.New("etcd is not a child of coordbench")
+	}
+	return b.etcd.rss()
+}
+
+func (b *bench) proxyRSS() (int64, error) { return b.proxy.rss() }
+
+// progress shows a line on stderr until ctx ends.
+func (b *bench) progress(ctx context.Context, title string, t target, count func() int) {
+	start := time.Now()
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			fmt.Fprintf(b.progressOut, "\r\033[K")
+			return
+		case <-tick.C:
+			fmt.Fprintf(b.progressOut, "\r\033[K%s on %s: %d in %.0fs", title, t.name, count(), time.Since(start).Seconds())
+		}
+	}
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if code, ok := serveRole(args, stdout, stderr); ok {
+		return code
+	}
+	fs := flag.NewFlagSet("coordbench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	endpoints := fs.String("endpoints", "", "etcd client URL to measure against (default: start a single-member etcd in a temp dir)")
+	duration := fs.Duration("duration", 5*time.Second, "how long each timed scenario runs on each target")
+	observers := fs.Int("observers", 128, "Observe streams in the fan-out scenario")
+	waiters := fs.Int("waiters", 10000, "blocked Lock calls in the waiters scenario")
+	waitersTimeout := fs.Duration("waiters-timeout", 90*time.Second, "bound for parking the waiters, per target")
+	only := fs.String("scenarios", "", "comma-separated scenario ids to run (default all): "+scenarioIDs())
+	jsonOut := fs.String("json", "", "also write the results as JSON to this file")
+	cpuprofile := fs.String("proxy-cpuprofile", "", "write a CPU profile of the proxy process to this file")
+	maxEtcdRequests := fs.Int("proxy-max-etcd-requests", 0, "the proxy's --max-etcd-requests (0: its default)")
+	dataDir := fs.String("data-dir", "", "data directory of the etcd coordbench starts (default: a temp dir in /dev/shm if there is one, so that the disk stays out of the figures)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	var chosen []scenario
+	for _, s := range scenarios {
+		if *only == "" || slices.Contains(strings.Split(*only, ","), s.id) {
+			chosen = append(chosen, s)
+		}
+	}
+	if len(chosen) == 0 {
+		fmt.Fprintf(stderr, "coordbench: no scenario matches %q; choose from %s\n", *only, scenarioIDs())
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	b := &bench{duration: *duration, observers: *observers, waiters: *waiters, waitersTimeout: *waitersTimeout,
+		progressOut: stderr, runID: fmt.Sprintf("%x", time.Now().UnixNano())}
+	if *endpoints == "" {
+		dir := *dataDir
+		if dir == "" {
+			tmp, err := os.MkdirTemp(tmpfsDir(), "coordbench-etcd")
+			if err != nil {
+				fmt.Fprintf(stderr, "coordbench: %v\n", err)
+				return 1
+			}
+			defer os.RemoveAll(tmp)
+			dir = filepath.Join(tmp, "data")
+		}
+		c, err := startChild(roleEtcd, dir)
+		if err != nil {
+			fmt.Fprintf(stderr, "coordbench: etcd: %v\n", err)
+			return 1
+		}
+		defer c.stop()
+		b.etcd, b.etcdURL = c, c.addr
+		fmt.Fprintf(stderr, "etcd %s (data %s)\n", c.addr, dir)
+	} else {
+		b.etcdURL = strings.Split(*endpoints, ",")[0]
+	}
+	p, err := startChild(roleProxy, b.etcdURL, *cpuprofile, strconv.Itoa(*maxEtcdRequests))
+	if err != nil {
+		fmt.Fprintf(stderr, "coordbench: coordproxy: %v\n", err)
+		return 1
+	}
+	defer p.stop()
+	b.proxy = p
+	fmt.Fprintf(stderr, "coordproxy %s\n", p.addr)
+
+	native, proxied := target{name: "etcd", addr: b.etcdURL}, target{name: "coordproxy", addr: p.addr}
+	var results []result
+	for _, s := range chosen {
+		title := s.title
+		switch s.id {
+		case "observe":
+			title = fmt.Sprintf("Observe fan-out, %d observers", b.observers)
+		case "waiters":
+			title = fmt.Sprintf("%d %s", b.waiters, s.title)
+		}
+		order := []target{native, proxied}
+		if s.proxyFirst {
+			order = []target{proxied, native}
+		}
+		for _, t := range order {
+			r, err := s.run(ctx, b, t, title)
+			if err != nil {
+				fmt.Fprintf(stderr, "coordbench: %s on %s: %v\n", title, t.name, err)
+				return 1
+			}
+			results = append(results, r)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	printTable(stdout, results)
+	if *jsonOut != "" {
+		out, _ := json.MarshalIndent(results, "", "  ")
+		if err := os.WriteFile(*jsonOut, append(out, '\n'), 0o644); err != nil {
+			fmt.Fprintf(stderr, "coordbench: %v\n", err)
+			return 1
+		}
+	}
+	return 0
+}
+
+// tmpfsDir is /dev/shm where it is a directory, so that etcd's fsyncs do
+// not measure the disk (the figures in the issue were taken on tmpfs); else
+// the default temp dir.
+func tmpfsDir() string {
+	if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() {
+		return "/dev/shm"
+	}
+	return ""
+}
+
+func scenarioIDs() string {
+	var ids []string
+	for _, s := range scenarios {
+		ids = append(ids, s.id)
+	}
+	return strings.Join(ids, ",")
+}
+
+// printTable prints one row per scenario: etcd, coordproxy and the ratio.
+func printTable(w io.Writer, results []result) {
+	fmt.Fprintln(w, "| scenario | etcd ops/s | coordproxy ops/s | ratio | etcd p50 / p99 ms | coordproxy p50 / p99 ms | errors etcd / coordproxy | notes |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
+	by := map[string]map[string]result{}
+	var order []string
+	for _, r := range results {
+		if by[r.Scenario] == nil {
+			by[r.Scenario] = map[string]result{}
+			order = append(order, r.Scenario)
+		}
+		by[r.Scenario][r.Target] = r
+	}
+	for _, s := range order {
+		n, p := by[s]["etcd"], by[s]["coordproxy"]
+		ratio := "–"
+		if n.Ops > 0 {
+			ratio = fmt.Sprintf("%.2f×", p.Ops/n.Ops)
+		}
+		fmt.Fprintf(w, "| %s | %.0f | %.0f | %s | %.2f / %.2f | %.2f / %.2f | %d / %d | %s |\n",
+			s, n.Ops, p.Ops, ratio, n.P50MS, n.P99MS, p.P50MS, p.P99MS, n.Errors, p.Errors, notes(n, p))
+	}
+}
+
+func notes(n, p result) string {
+	var parts []string
+	for _, k := range []string{"parked", "seconds_to_park", "etcd_watchers_added", "etcd_rss_growth_mib", "proxy_rss_mib", "proclaims_undelivered"} {
+		nv, nok := n.Extra[k]
+		pv, pok := p.Extra[k]
+		if nok || pok {
+			parts = append(parts, fmt.Sprintf("%s %v / %v", strings.ReplaceAll(k, "_", " "), show(nv), show(pv)))
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+func show(v any) string {
+	switch x := v.(type) {
+	case nil:
+		return "–"
+	case float64:
+		return fmt.Sprintf("%.4g", x)
+	default:
+		return fmt.Sprint(x)
+	}
+}

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// The test binary plays the etcd and proxy children, as coordbench does.
+func TestMain(m *testing.M) {
+	if code, ok := serveRole(os.Args[1:], os.Stdout, os.Stderr); ok {
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
+
+// A short run of every scenario against a real etcd and a real proxy: the
+// command must work end to end. Figures are not judged here (the machine may
+// be slow); what the proxy must do regardless of speed is.
+func TestCoordbench_runsEveryScenarioAgainstBoth(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "bench.json")
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"-duration", "300ms", "-observers", "8", "-waiters", "200", "-waiters-timeout", "60s",
+		"-data-dir", filepath.Join(t.TempDir(), "etcd"), "-json", out}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d\n%s", code, stderr.String())
+	}
+	var results []result
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &results); err != nil {
+		t.Fatal(err)
+	}
+	if len(results) != 2*len(scenarios) {
+		t.Fatalf("%d results, want %d", len(results), 2*len(scenarios))
+	}
+	for _, r := range results {
+		if r.Count == 0 {
+			t.Errorf("%s on %s: nothing done", r.Scenario, r.Target)
+		}
+		if r.Target != "coordproxy" {
+			continue
+		}
+		if r.Errors != 0 {
+			t.Errorf("%s through the proxy: %d errors (%v)", r.Scenario, r.Errors, r.Extra["first_error"])
+		}
+		switch {
+		case strings.Contains(r.Scenario, "waiters"):
+			if r.Extra["parked"] != float64(200) || r.Extra["etcd_watchers_added"] != float64(1) {
+				t.Errorf("waiters through the proxy: %v; want 200 parked on 1 etcd watcher", r.Extra)
+			}
+		case strings.Contains(r.Scenario, "Observe"):
+			if r.Extra["proclaims_undelivered"] != float64(0) {
+				t.Errorf("observe through the proxy: %v; want every proclaim delivered", r.Extra)
+			}
+		}
+	}
+	if rows := strings.Count(stdout.String(), "\n| "); rows < len(scenarios) {
+		t.Errorf("table has %d rows:\n%s", rows, stdout.String())
+	}
+}

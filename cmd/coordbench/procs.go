@@ -1,0 +1,198 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/coordproxy/coordproxy/proxy"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/procfs"
+)
+
+// coordbench runs etcd and coordproxy as child processes of its own binary
+// (the hidden roles below), so that each one's memory can be read from /proc
+// and neither shares a heap or scheduler with the load generator.
+
+const (
+	roleEtcd  = "__serve-etcd"
+	roleProxy = "__serve-proxy"
+)
+
+// serveRole runs a child role; it returns false if args name none.
+func serveRole(args []string, stdout, stderr io.Writer) (int, bool) {
+	if len(args) == 0 || (args[0] != roleEtcd && args[0] != roleProxy) {
+		return 0, false
+	}
+	// A child ends when its parent does: the parent holds our stdin.
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		io.Copy(io.Discard, os.Stdin)
+		cancel()
+	}()
+	var err error
+	switch args[0] {
+	case roleEtcd:
+		err = serveEtcd(ctx, args[1], stdout)
+	case roleProxy:
+		max, _ := strconv.Atoi(args[3])
+		err = serveProxy(ctx, args[1], args[2], max, stdout)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "coordbench %s: %v\n", args[0], err)
+		return 1, true
+	}
+	return 0, true
+}
+
+func serveEtcd(ctx context.Context, dir string, stdout io.Writer) error {
+	// COORDBENCH_ETCD_LOG_LEVEL=warn shows etcd's slow-request warnings.
+	e, err := proxy.StartEmbeddedEtcd(dir, proxy.EmbedOptions{LogLevel: os.Getenv("COORDBENCH_ETCD_LOG_LEVEL")})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "READY %s\n", e.URL)
+	<-ctx.Done()
+	e.Close()
+	return nil
+}
+
+func serveProxy(ctx context.Context, endpoints, cpuprofile string, maxEtcdRequests int, stdout io.Writer) error {
+	if cpuprofile != "" {
+		f, err := os.Create(cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	s := proxy.New(proxy.Config{Endpoints: strings.Split(endpoints, ","), Listen: "127.0.0.1:0", MaxEtcdRequests: maxEtcdRequests})
+	if err := s.Start(ctx); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "READY %s\n", s.Addr())
+	<-ctx.Done()
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s.Shutdown(sctx)
+	return nil
+}
+
+// child is a running role.
+type child struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	addr  string
+	done  chan struct{}
+}
+
+func startChild(args ...string) (*child, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	c := &child{cmd: cmd, stdin: stdin, done: make(chan struct{})}
+	ready := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if a, ok := strings.CutPrefix(sc.Text(), "READY "); ok {
+				ready <- a
+			}
+		}
+		cmd.Wait()
+		close(c.done)
+	}()
+	select {
+	case c.addr = <-ready:
+		return c, nil
+	case <-c.done:
+		return nil, fmt.Errorf("%s exited before it was ready", args[0])
+	case <-time.After(time.Minute):
+		c.stop()
+		return nil, fmt.Errorf("%s not ready after a minute", args[0])
+	}
+}
+
+// stop closes the child's stdin and waits for it, killing it after a bound.
+func (c *child) stop() {
+	c.stdin.Close()
+	select {
+	case <-c.done:
+	case <-time.After(20 * time.Second):
+		c.cmd.Process.Kill()
+		<-c.done
+	}
+}
+
+// rss is the child's resident memory in bytes.
+func (c *child) rss() (int64, error) {
+	p, err := procfs.NewProc(c.cmd.Process.Pid)
+	if err != nil {
+		return 0, err
+	}
+	st, err := p.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return int64(st.ResidentMemory()), nil
+}
+
+// etcdMetric reads one gauge or counter from etcd's /metrics.
+func etcdMetric(ctx context.Context, etcdURL, name string) (float64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(etcdURL, "/")+"/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	f, ok := fams[name]
+	if !ok || len(f.Metric) == 0 {
+		return 0, fmt.Errorf("etcd has no metric %s", name)
+	}
+	var sum float64
+	for _, m := range f.Metric {
+		switch {
+		case m.Gauge != nil:
+			sum += m.Gauge.GetValue()
+		case m.Counter != nil:
+			sum += m.Counter.GetValue()
+		}
+	}
+	return sum, nil
+}
