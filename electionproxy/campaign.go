@@ -26,11 +26,13 @@ func (s *Server) Campaign(ctx context.Context, req *epb.CampaignRequest) (*epb.C
 
 	tctx, cancel := s.b.Detached(ctx)
 	defer cancel()
-	resp, err := s.b.Client.Txn(tctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, val, clientv3.WithLease(lease))).
-		Else(clientv3.OpGet(key)).
-		Commit()
+	resp, err := s.b.Acquire(tctx, func(ctx context.Context) (*clientv3.TxnResponse, error) {
+		return s.b.Client.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+			Then(clientv3.OpPut(key, val, clientv3.WithLease(lease))).
+			Else(clientv3.OpGet(key)).
+			Commit()
+	})
 	if err != nil {
 		return nil, err
 	}

@@ -126,6 +126,37 @@ func (b *Backend) Detached(ctx context.Context) (context.Context, context.Cancel
 	return context.WithTimeout(context.WithoutCancel(ctx), b.timeout)
 }
 
+// Acquire runs a transaction that creates a waiter key, of the shape
+// If(CreateRevision(key) = 0) Then(Put key …) Else(Get key …), on a context
+// from Detached. When etcd's answer leaves the outcome unknown (the request
+// timed out inside etcd, or its leader changed), the same transaction is
+// sent again until etcd answers or the context ends: it creates the key at
+// most once, and the answer then says whether the key exists and with which
+// create revision, so the proxy can hand it to the caller or clean it up.
+// Without this, a waiter key could stay behind with nobody knowing of it.
+func (b *Backend) Acquire(ctx context.Context, txn func(context.Context) (*clientv3.TxnResponse, error)) (*clientv3.TxnResponse, error) {
+	bo := newBackoff(20*time.Millisecond, 500*time.Millisecond)
+	for {
+		resp, err := txn(ctx)
+		if err == nil || !outcomeUnknown(err) || ctx.Err() != nil {
+			return resp, err
+		}
+		b.log.Debug("acquire transaction's outcome unknown; sending it again", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(bo.next()):
+		}
+	}
+}
+
+// outcomeUnknown: etcd gave up waiting for the request, which may still be
+// applied.
+func outcomeUnknown(err error) bool {
+	return errors.Is(err, rpctypes.ErrTimeout) || errors.Is(err, rpctypes.ErrTimeoutDueToLeaderFail) ||
+		errors.Is(err, rpctypes.ErrTimeoutDueToConnectionLost) || errors.Is(err, rpctypes.ErrTimeoutWaitAppliedIndex)
+}
+
 // ObserveBuffer is the per-stream bound for Observe.
 func (b *Backend) ObserveBuffer() int { return b.observeBuffer }
 
