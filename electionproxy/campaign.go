@@ -24,9 +24,7 @@ func (s *Server) Campaign(ctx context.Context, req *epb.CampaignRequest) (*epb.C
 	}
 	key := lockproxy.OwnerKey(name, lease)
 
-	tctx, cancel := s.b.Detached(ctx)
-	defer cancel()
-	resp, err := s.b.Acquire(tctx, func(ctx context.Context) (*clientv3.TxnResponse, error) {
+	resp, err := s.b.Acquire(ctx, func(ctx context.Context) (*clientv3.TxnResponse, error) {
 		return s.b.Client.Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 			Then(clientv3.OpPut(key, val, clientv3.WithLease(lease))).
@@ -43,10 +41,12 @@ func (s *Server) Campaign(ctx context.Context, req *epb.CampaignRequest) (*epb.C
 		kv := resp.Responses[0].GetResponseRange().Kvs[0]
 		rev = kv.CreateRevision
 		if string(kv.Value) != val {
+			tctx, cancel := s.b.Detached(ctx)
 			presp, err := s.b.Client.Txn(tctx).
 				If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
 				Then(clientv3.OpPut(key, val, clientv3.WithLease(lease))).
 				Commit()
+			cancel()
 			if err == nil && !presp.Succeeded {
 				err = errNotLeader
 			}

@@ -121,31 +121,55 @@ func (b *Backend) CallErr(ctx context.Context, err error) error {
 }
 
 // Detached gives a call that must learn its outcome even if the client goes
-// away (a transaction that may create a key) its own deadline.
+// away (a transaction that may create a key) its own deadline of the request
+// timeout. A caller with a deadline gets it counted from now, so that the call
+// ends within the request timeout of the caller's deadline. A caller without
+// one (a Lock that waits as long as it takes) may wait in the proxy for a slot
+// to etcd for as long as it stays, and etcd then gets the whole timeout from
+// the moment the request is sent (SendTimeout): otherwise, with thousands of
+// such calls queued, the queue ate etcd's time and calls failed with
+// "etcdserver: request timed out".
 func (b *Backend) Detached(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.WithoutCancel(ctx), b.timeout)
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithTimeout(context.WithoutCancel(ctx), b.timeout)
+	}
+	return SendTimeout(ctx, ctx, b.timeout)
 }
 
 // Acquire runs a transaction that creates a waiter key, of the shape
 // If(CreateRevision(key) = 0) Then(Put key …) Else(Get key …), on a context
-// from Detached. When etcd's answer leaves the outcome unknown (the request
-// timed out inside etcd, or its leader changed), the same transaction is
-// sent again until etcd answers or the context ends: it creates the key at
-// most once, and the answer then says whether the key exists and with which
-// create revision, so the proxy can hand it to the caller or clean it up.
-// Without this, a waiter key could stay behind with nobody knowing of it.
+// from Detached(ctx). When etcd's answer leaves the outcome unknown (the
+// request timed out inside etcd, or its leader changed), the same
+// transaction is sent again until etcd answers or the Detached context ends
+// (for a caller without a deadline: for up to the request timeout more): it
+// creates the key at most once, and the answer then says whether the key
+// exists and with which create revision, so the proxy can hand it to the
+// caller or clean it up. Without this, a waiter key could stay behind with
+// nobody knowing of it.
 func (b *Backend) Acquire(ctx context.Context, txn func(context.Context) (*clientv3.TxnResponse, error)) (*clientv3.TxnResponse, error) {
+	actx, cancel := b.Detached(ctx)
+	defer cancel()
+	resp, err := txn(actx)
+	if err == nil || !outcomeUnknown(err) {
+		return resp, err
+	}
+	rctx := actx
+	if _, ok := ctx.Deadline(); !ok {
+		var rcancel context.CancelFunc
+		rctx, rcancel = context.WithTimeout(context.WithoutCancel(ctx), b.timeout)
+		defer rcancel()
+	}
 	bo := newBackoff(20*time.Millisecond, 500*time.Millisecond)
 	for {
-		resp, err := txn(ctx)
-		if err == nil || !outcomeUnknown(err) || ctx.Err() != nil {
-			return resp, err
-		}
 		b.log.Debug("acquire transaction's outcome unknown; sending it again", "err", err)
 		select {
-		case <-ctx.Done():
+		case <-rctx.Done():
 			return nil, err
 		case <-time.After(bo.next()):
+		}
+		resp, err = txn(rctx)
+		if err == nil || !outcomeUnknown(err) || rctx.Err() != nil {
+			return resp, err
 		}
 	}
 }

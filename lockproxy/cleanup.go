@@ -63,7 +63,9 @@ func (c *cleaner) remove(key string, rev int64) {
 // try deletes key only if it is still the key created at rev: a later
 // acquisition with the same lease is never touched.
 func (c *cleaner) try(key string, rev int64) error {
-	ctx, cancel := context.WithTimeout(c.ctx, c.timeout)
+	// Queued behind other requests as long as the proxy runs, then the
+	// whole timeout in etcd.
+	ctx, cancel := SendTimeout(c.ctx, c.ctx, c.timeout)
 	defer cancel()
 	_, err := c.client.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).

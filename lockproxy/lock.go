@@ -46,12 +46,10 @@ type acquisition struct {
 	header  *pb.ResponseHeader
 }
 
-// acquire is concurrency.Mutex's tryAcquire transaction. It runs detached
-// from the client's cancellation so that the proxy always learns whether it
-// created a key, and can remove it if the client has gone.
+// acquire is concurrency.Mutex's tryAcquire transaction. Once sent, it runs
+// detached from the client's cancellation so that the proxy always learns
+// whether it created a key, and can remove it if the client has gone.
 func (s *Server) acquire(ctx context.Context, name, key string, lease clientv3.LeaseID) (acquisition, error) {
-	ctx, cancel := s.b.Detached(ctx)
-	defer cancel()
 	pfx := Prefix(name)
 	getOwner := clientv3.OpGet(pfx, clientv3.WithFirstCreate()...)
 	resp, err := s.b.Acquire(ctx, func(ctx context.Context) (*clientv3.TxnResponse, error) {

@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"context"
+	"time"
 
+	"github.com/coordproxy/coordproxy/lockproxy"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/semaphore"
 	"google.golang.org/grpc"
@@ -13,7 +15,9 @@ import (
 // Thousands of clients calling Lock at once would otherwise become thousands
 // of concurrent transactions, and etcd answers "etcdserver: too many
 // requests" once its apply backlog grows past 5000 entries; queued here, each
-// call waits on its own deadline and etcd sees a steady stream.
+// call waits on its own deadline and etcd sees a steady stream. A request
+// whose context comes from lockproxy.SendTimeout waits as long as its queue
+// context allows and gets its timeout from the moment it is sent.
 type etcdLimiter struct {
 	sem              *semaphore.Weighted
 	inFlight, queued prometheus.Gauge
@@ -36,9 +40,13 @@ func newEtcdLimiter(n int, reg prometheus.Registerer) *etcdLimiter {
 }
 
 func (l *etcdLimiter) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	queue, timeout, sendBound := lockproxy.SendBound(ctx)
+	if !sendBound {
+		queue = ctx
+	}
 	if !l.sem.TryAcquire(1) {
 		l.queued.Inc()
-		err := l.sem.Acquire(ctx, 1)
+		err := l.sem.Acquire(queue, 1)
 		l.queued.Dec()
 		if err != nil {
 			// As gRPC words a call whose context ended before it was sent.
@@ -50,5 +58,16 @@ func (l *etcdLimiter) unary(ctx context.Context, method string, req, reply any, 
 		l.inFlight.Dec()
 		l.sem.Release(1)
 	}()
+	if sendBound {
+		// etcd gets the whole timeout, counted from now, but never past the
+		// timeout after the queue's deadline: the etcd client may send a
+		// request again, and each attempt comes through here.
+		if qd, ok := queue.Deadline(); ok {
+			timeout = min(timeout, time.Until(qd)+timeout)
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), timeout)
+		defer cancel()
+	}
 	return invoker(ctx, method, req, reply, cc, opts...)
 }
