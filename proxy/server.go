@@ -6,17 +6,23 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/coordproxy/coordproxy/electionproxy"
 	"github.com/coordproxy/coordproxy/lockproxy"
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/soheilhy/cmux"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 )
 
@@ -81,8 +87,17 @@ type Server struct {
 	client   *clientv3.Client
 	backend  *lockproxy.Backend
 	grpc     *grpc.Server
+	health   *health.Server
+	http     *http.Server
+	mux      cmux.CMux
+	gwConn   *grpc.ClientConn
+	draining atomic.Bool
 	serveErr chan error
 }
+
+// Services the proxy serves, by their gRPC names; grpc.health.v1 reports
+// each of them and "" for the whole server.
+var servedServices = []string{"v3lockpb.Lock", "v3electionpb.Election", "etcdserverpb.Lease"}
 
 // New returns a Server for cfg; Start or Run starts it.
 func New(cfg Config) *Server {
@@ -179,25 +194,55 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		Metrics:        lockproxy.NewMetrics(s.cfg.Registry),
 	})
 	overrun := newOverrunCheck(s.log, s.cfg.RequestTimeout, s.cfg.Registry)
+	rpcMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
+	s.cfg.Registry.MustRegister(rpcMetrics)
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(maxRequestBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime}),
-		grpc.ChainUnaryInterceptor(overrun.unary, tooLargeUnary),
-		grpc.ChainStreamInterceptor(overrun.stream, tooLargeStream),
+		grpc.ChainUnaryInterceptor(rpcMetrics.UnaryServerInterceptor(), overrun.unary, tooLargeUnary),
+		grpc.ChainStreamInterceptor(rpcMetrics.StreamServerInterceptor(), overrun.stream, tooLargeStream),
 	)
 	v3lockpb.RegisterLockServer(s.grpc, lockproxy.New(s.backend))
 	v3electionpb.RegisterElectionServer(s.grpc, electionproxy.New(s.backend))
 	pb.RegisterLeaseServer(s.grpc, &leaseServer{lc: pb.NewLeaseClient(s.client.ActiveConnection()), b: s.backend})
+	s.health = health.NewServer()
+	for _, svc := range append([]string{""}, servedServices...) {
+		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
+	}
+	healthpb.RegisterHealthServer(s.grpc, s.health)
 	if err := registerReflection(s.grpc); err != nil {
 		return err
 	}
+	rpcMetrics.InitializeMetrics(s.grpc)
 
-	go func() {
-		if err := s.grpc.Serve(s.lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			s.serveErr <- err
-		}
-	}()
-	s.log.Info("serving etcd Lock, Election and Lease APIs", "listen", s.lis.Addr().String(), "etcd", endpoints)
+	// gRPC (HTTP/2) and HTTP/1 (the JSON gateway, health, metrics) share
+	// the listen address, as on an etcd member.
+	s.gwConn, err = dialSelf(s.lis.Addr().String())
+	if err != nil {
+		return err
+	}
+	gateway, err := newGateway(context.WithoutCancel(ctx), s.gwConn, s.log)
+	if err != nil {
+		return err
+	}
+	s.http = &http.Server{Handler: s.httpMux(gateway), ReadHeaderTimeout: 10 * time.Second}
+	s.mux = cmux.New(s.lis)
+	grpcL := s.mux.Match(cmux.HTTP2())
+	httpL := s.mux.Match(cmux.HTTP1Fast())
+	serve := func(name string, f func() error) {
+		go func() {
+			if err := f(); err != nil && !s.draining.Load() && !errors.Is(err, grpc.ErrServerStopped) && !errors.Is(err, http.ErrServerClosed) {
+				select {
+				case s.serveErr <- fmt.Errorf("%s: %w", name, err):
+				default:
+				}
+			}
+		}()
+	}
+	serve("grpc", func() error { return s.grpc.Serve(grpcL) })
+	serve("http", func() error { return s.http.Serve(httpL) })
+	serve("listener", s.mux.Serve)
+	s.log.Info("serving etcd Lock, Election and Lease APIs over gRPC and JSON, /healthz, /readyz, /metrics", "listen", s.lis.Addr().String(), "etcd", endpoints)
 	return nil
 }
 
@@ -216,6 +261,8 @@ func (s *Server) Registry() *prometheus.Registry { return s.cfg.Registry }
 // etcd client and, in dev mode, the embedded etcd are closed.
 func (s *Server) Shutdown(ctx context.Context) {
 	s.log.Info("stopping")
+	s.draining.Store(true)
+	s.health.Shutdown() // every service NOT_SERVING
 	stopped := make(chan struct{})
 	go func() {
 		s.grpc.GracefulStop()
@@ -229,12 +276,22 @@ func (s *Server) Shutdown(ctx context.Context) {
 		s.grpc.Stop()
 		<-stopped
 	}
+	// gRPC calls are over, the gateway's with them.
+	if err := s.http.Shutdown(ctx); err != nil {
+		s.http.Close()
+	}
+	s.gwConn.Close()
+	s.mux.Close()
+	s.lis.Close()
 	s.closeBackends(ctx)
 	s.log.Info("stopped")
 }
 
 // closeBackends gives pending cleanups until ctx is done.
 func (s *Server) closeBackends(ctx context.Context) {
+	if s.gwConn != nil {
+		s.gwConn.Close()
+	}
 	if s.backend != nil {
 		s.backend.Close(ctx)
 	}

@@ -1,0 +1,121 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/http"
+	"time"
+
+	gw "github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/tmc/grpc-websocket-proxy/wsproxy"
+	etcdservergw "go.etcd.io/etcd/api/v3/etcdserverpb/gw"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	v3electiongw "go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb/gw"
+	v3lockgw "go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb/gw"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+// ReadyTimeout bounds the etcd read behind /readyz.
+const ReadyTimeout = 2 * time.Second
+
+// newGateway returns etcd's JSON gateway for the services the proxy serves,
+// built as etcd builds its own (embed/serve.go): etcd's generated handlers,
+// the same marshaler options (proto field names, int64 as strings), and
+// streams over websocket too. It calls the proxy's gRPC services over conn.
+func newGateway(ctx context.Context, conn *grpc.ClientConn, log *slog.Logger) (http.Handler, error) {
+	gwmux := gw.NewServeMux(
+		gw.WithMarshalerOption(gw.MIMEWildcard,
+			&gw.HTTPBodyMarshaler{
+				Marshaler: &gw.JSONPb{
+					MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: false},
+					UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: true},
+				},
+			},
+		),
+	)
+	for _, register := range []func(context.Context, *gw.ServeMux, *grpc.ClientConn) error{
+		etcdservergw.RegisterLeaseHandler,
+		v3lockgw.RegisterLockHandler,
+		v3electiongw.RegisterElectionHandler,
+	} {
+		if err := register(ctx, gwmux, conn); err != nil {
+			return nil, err
+		}
+	}
+	return wsproxy.WebsocketProxy(gwmux,
+		wsproxy.WithRequestMutator(func(_ *http.Request, out *http.Request) *http.Request {
+			out.Method = "POST" // as etcd: streams are POSTs
+			return out
+		}),
+		wsproxy.WithMaxRespBodyBufferSize(math.MaxInt32),
+		wsproxy.WithLogger(wsLogger{log}),
+	), nil
+}
+
+// dialSelf connects the gateway to the proxy's own gRPC listener.
+func dialSelf(addr string) (*grpc.ClientConn, error) {
+	return grpc.NewClient("passthrough:///"+addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(math.MaxInt32), grpc.MaxCallSendMsgSize(math.MaxInt32)),
+	)
+}
+
+type wsLogger struct{ log *slog.Logger }
+
+func (w wsLogger) Warnln(v ...any)  { w.log.Warn(fmt.Sprint(v...), "component", "gateway") }
+func (w wsLogger) Debugln(v ...any) { w.log.Debug(fmt.Sprint(v...), "component", "gateway") }
+
+// httpMux serves the JSON gateway under /v3/, /healthz, /readyz and /metrics.
+func (s *Server) httpMux(gateway http.Handler) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("/v3/", gateway)
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, healthBody{Status: "ok"})
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := s.ready(r.Context()); err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, healthBody{Status: "not ready", Reason: err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, healthBody{Status: "ok"})
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{Registry: s.cfg.Registry}))
+	return mux
+}
+
+type healthBody struct {
+	Status string `json:"status"`
+	Reason string `json:"reason,omitempty"`
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+var errDraining = errors.New("coordproxy is shutting down")
+
+// ready: the proxy is not stopping and etcd answers a linearizable read
+// (which needs a leader) within ReadyTimeout, as etcd's own /health checks.
+// A read refused for lack of permission still proves etcd is serving.
+func (s *Server) ready(ctx context.Context) error {
+	if s.draining.Load() {
+		return errDraining
+	}
+	ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), ReadyTimeout)
+	defer cancel()
+	_, err := s.client.Get(ctx, "health")
+	if err != nil && !errors.Is(err, rpctypes.ErrPermissionDenied) {
+		return fmt.Errorf("etcd: %w", err)
+	}
+	return nil
+}
