@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -15,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coordproxy/coordproxy/proxy/proxytest"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	etcdproxy "go.etcd.io/etcd/pkg/v3/proxy"
 	"go.uber.org/zap"
@@ -45,17 +45,6 @@ type cluster struct {
 	members []*member
 }
 
-// freeAddr returns a loopback address whose port was free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // startCluster starts an n-member etcd cluster of real processes on
 // loopback and waits until it has a leader.
 func startCluster(t *testing.T, n int) *cluster {
@@ -66,8 +55,8 @@ func startCluster(t *testing.T, n int) *cluster {
 	for i := range n {
 		m := &member{name: fmt.Sprintf("m%d", i), dir: filepath.Join(t.TempDir(), "data")}
 		m.logPath = filepath.Join(t.TempDir(), m.name+".log")
-		m.clientAddr, m.peerAddr = freeAddr(t), freeAddr(t)
-		clientProxyAddr, peerProxyAddr := freeAddr(t), freeAddr(t)
+		m.clientAddr, m.peerAddr = proxytest.FreeAddr(t), proxytest.FreeAddr(t)
+		clientProxyAddr, peerProxyAddr := proxytest.FreeAddr(t), proxytest.FreeAddr(t)
 		m.clientURL = "http://" + clientProxyAddr
 		m.clientProxy = etcdproxy.NewServer(etcdproxy.ServerConfig{
 			Logger: zap.NewNop(),

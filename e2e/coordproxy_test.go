@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/coordproxy/coordproxy/proxy/proxytest"
 )
 
 // requestTimeout is the e2e proxies' --request-timeout.
@@ -34,7 +36,7 @@ func startProxies(t *testing.T, c *cluster, n int) []*proxyProc {
 	_, bin := mustBinaries(t)
 	var ps []*proxyProc
 	for i := range n {
-		p := &proxyProc{t: t, bin: bin, addr: freeAddr(t), logPath: filepath.Join(t.TempDir(), "coordproxy.log")}
+		p := &proxyProc{t: t, bin: bin, addr: proxytest.FreeAddr(t), logPath: filepath.Join(t.TempDir(), "coordproxy.log")}
 		_ = i
 		p.args = []string{
 			"--endpoints", strings.Join(c.endpoints(), ","),

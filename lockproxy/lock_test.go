@@ -194,6 +194,18 @@ func (f *fence) critical(ctx context.Context, lockKey string) error {
 	return nil
 }
 
+// mutexRound locks m (a client-side concurrency.Mutex), does the fenced
+// write and unlocks.
+func (f *fence) mutexRound(ctx context.Context, m *concurrency.Mutex) error {
+	if err := m.Lock(ctx); err != nil {
+		return err
+	}
+	if err := f.critical(ctx, m.Key()); err != nil {
+		return err
+	}
+	return m.Unlock(ctx)
+}
+
 func (f *fence) check(t *testing.T, want int) {
 	t.Helper()
 	if f.overlaps.Load() != 0 || f.failed.Load() != 0 {
@@ -281,14 +293,7 @@ func TestLock_mutualExclusionMixedWithConcurrencyMutex(t *testing.T) {
 		wg.Go(func() {
 			m := concurrency.NewMutex(sess, "mixed")
 			for range rounds {
-				err := m.Lock(ctx)
-				if err == nil {
-					err = f.critical(ctx, m.Key())
-				}
-				if err == nil {
-					err = m.Unlock(ctx)
-				}
-				if err != nil {
+				if err := f.mutexRound(ctx, m); err != nil {
 					errc <- err
 					return
 				}

@@ -88,14 +88,7 @@ func TestLock_waitersShareOneWatchAndLeaveNothingBehind(t *testing.T) {
 		sessions = append(sessions, s)
 		wg.Go(func() {
 			m := concurrency.NewMutex(s, "shared")
-			err := m.Lock(ctx)
-			if err == nil {
-				err = f.critical(ctx, m.Key())
-			}
-			if err == nil {
-				err = m.Unlock(ctx)
-			}
-			if err != nil {
+			if err := f.mutexRound(ctx, m); err != nil {
 				errc <- err
 			}
 		})

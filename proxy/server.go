@@ -276,11 +276,11 @@ func (s *Server) Shutdown(ctx context.Context) {
 		s.grpc.Stop()
 		<-stopped
 	}
-	// gRPC calls are over, the gateway's with them.
+	// gRPC calls are over, the gateway's with them; closeBackends closes
+	// the gateway's connection.
 	if err := s.http.Shutdown(ctx); err != nil {
 		s.http.Close()
 	}
-	s.gwConn.Close()
 	s.mux.Close()
 	s.lis.Close()
 	s.closeBackends(ctx)
