@@ -405,28 +405,7 @@ func TestConformance(t *testing.T) {
 				sc.run(r)
 				got[i] = r.lines
 			}
-			if len(got[0]) == 0 {
-				t.Fatal("scenario recorded nothing")
-			}
-			diff := false
-			for i := range max(len(got[0]), len(got[1])) {
-				var a, b string
-				if i < len(got[0]) {
-					a = got[0][i]
-				}
-				if i < len(got[1]) {
-					b = got[1][i]
-				}
-				if a != b {
-					diff = true
-					t.Errorf("outcome %d differs:\nnative: %s\nproxy:  %s", i, a, b)
-				}
-			}
-			if !diff && testing.Verbose() {
-				for _, l := range got[0] {
-					t.Log(l)
-				}
-			}
+			compareRuns(t, got)
 		})
 	}
 }

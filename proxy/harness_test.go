@@ -154,7 +154,7 @@ func (r *run) walk(path string, m protoreflect.Message, out *[]string) {
 				if fd.Kind() == protoreflect.MessageKind {
 					r.walk(fmt.Sprintf("%s[%d].", name, j), l.Get(j).Message(), out)
 				} else {
-					*out = append(*out, fmt.Sprintf("%s[%d]=%v", name, j, l.Get(j)))
+					*out = append(*out, fmt.Sprintf("%s[%d]=%s", name, j, r.scalar(fd, l.Get(j))))
 				}
 			}
 		case fd.Kind() == protoreflect.MessageKind:

@@ -42,7 +42,11 @@ func newGateway(ctx context.Context, conn *grpc.ClientConn, log *slog.Logger) (h
 		),
 	)
 	for _, register := range []func(context.Context, *gw.ServeMux, *grpc.ClientConn) error{
+		etcdservergw.RegisterKVHandler,
+		etcdservergw.RegisterWatchHandler,
 		etcdservergw.RegisterLeaseHandler,
+		etcdservergw.RegisterMaintenanceHandler,
+		etcdservergw.RegisterAuthHandler,
 		v3lockgw.RegisterLockHandler,
 		v3electiongw.RegisterElectionHandler,
 	} {

@@ -1,9 +1,8 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
-	"errors"
-	"io"
 
 	"github.com/coordproxy/coordproxy/lockproxy"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -15,6 +14,7 @@ import (
 type leaseServer struct {
 	pb.UnimplementedLeaseServer
 	lc pb.LeaseClient
+	ns string
 	b  *lockproxy.Backend
 }
 
@@ -26,8 +26,21 @@ func (l *leaseServer) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest)
 	return l.lc.LeaseRevoke(ctx, r)
 }
 
+// LeaseTimeToLive lists, under a namespace, only the lease's keys inside it,
+// without the prefix: a lease ID is the cluster's, its keys may not all be.
 func (l *leaseServer) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
-	return l.lc.LeaseTimeToLive(ctx, r)
+	resp, err := l.lc.LeaseTimeToLive(ctx, r)
+	if err != nil || l.ns == "" {
+		return resp, err
+	}
+	keys := resp.Keys[:0]
+	for _, k := range resp.Keys {
+		if after, ok := bytes.CutPrefix(k, []byte(l.ns)); ok {
+			keys = append(keys, after)
+		}
+	}
+	resp.Keys = keys
+	return resp, nil
 }
 
 func (l *leaseServer) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
@@ -43,34 +56,6 @@ func (l *leaseServer) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error
 	if err != nil {
 		return l.b.CallErr(ctx, err)
 	}
-	go func() {
-		for {
-			req, err := stream.Recv()
-			if errors.Is(err, io.EOF) {
-				// The client is done sending: so is the proxy; etcd then ends
-				// the stream and up.Recv sees io.EOF.
-				up.CloseSend()
-				return
-			}
-			if err == nil {
-				err = up.Send(req)
-			}
-			if err != nil {
-				cancel()
-				return
-			}
-		}
-	}()
-	for {
-		resp, err := up.Recv()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return l.b.CallErr(ctx, err)
-		}
-		if err := stream.Send(resp); err != nil {
-			return err
-		}
-	}
+	err = relay(ctx, cancel, stream, up, func(*pb.LeaseKeepAliveRequest) error { return nil }, func(*pb.LeaseKeepAliveResponse) {})
+	return l.b.CallErr(ctx, err)
 }

@@ -29,7 +29,7 @@ func TestReflection_grpcurlListsAndCallsTheServices(t *testing.T) {
 	addr := env.Proxy.Addr().String()
 
 	list := grpcurl(t, "-plaintext", addr, "list")
-	for _, svc := range []string{"v3lockpb.Lock", "v3electionpb.Election", "etcdserverpb.Lease", "grpc.reflection.v1.ServerReflection"} {
+	for _, svc := range []string{"v3lockpb.Lock", "v3electionpb.Election", "etcdserverpb.Lease", "etcdserverpb.KV", "etcdserverpb.Watch", "etcdserverpb.Maintenance", "grpc.reflection.v1.ServerReflection"} {
 		if !strings.Contains(list, svc) {
 			t.Errorf("grpcurl list lacks %s:\n%s", svc, list)
 		}

@@ -58,6 +58,11 @@ type Config struct {
 	// QueueLinger keeps a name's etcd watch this long after its last waiter
 	// or observer left (0: 30 s), so that alternating callers share it.
 	QueueLinger time.Duration
+	// Namespace, when set, is a key prefix ending in "/" under which every
+	// key the proxy touches lives: locks, elections, KV and watches. Keys
+	// in responses come back without it; nothing outside it can be read,
+	// written or unlocked through the proxy.
+	Namespace string
 	// Embed tunes the dev-mode etcd.
 	Embed EmbedOptions
 }
@@ -97,7 +102,10 @@ type Server struct {
 
 // Services the proxy serves, by their gRPC names; grpc.health.v1 reports
 // each of them and "" for the whole server.
-var servedServices = []string{"v3lockpb.Lock", "v3electionpb.Election", "etcdserverpb.Lease"}
+var servedServices = []string{
+	"v3lockpb.Lock", "v3electionpb.Election",
+	"etcdserverpb.KV", "etcdserverpb.Watch", "etcdserverpb.Lease", "etcdserverpb.Maintenance", "etcdserverpb.Auth",
+}
 
 // New returns a Server for cfg; Start or Run starts it.
 func New(cfg Config) *Server {
@@ -185,6 +193,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("etcd client: %w", err)
 	}
+	namespaced(s.client, s.cfg.Namespace)
 
 	s.backend = lockproxy.NewBackend(s.client, lockproxy.Options{
 		RequestTimeout: s.cfg.RequestTimeout,
@@ -199,12 +208,17 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(maxRequestBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime}),
-		grpc.ChainUnaryInterceptor(rpcMetrics.UnaryServerInterceptor(), overrun.unary, tooLargeUnary),
-		grpc.ChainStreamInterceptor(rpcMetrics.StreamServerInterceptor(), overrun.stream, tooLargeStream),
+		grpc.ChainUnaryInterceptor(rpcMetrics.UnaryServerInterceptor(), overrun.unary, serviceErrUnary, forwardUnary),
+		grpc.ChainStreamInterceptor(rpcMetrics.StreamServerInterceptor(), overrun.stream, serviceErrStream, forwardStream),
 	)
 	v3lockpb.RegisterLockServer(s.grpc, lockproxy.New(s.backend))
 	v3electionpb.RegisterElectionServer(s.grpc, electionproxy.New(s.backend))
-	pb.RegisterLeaseServer(s.grpc, &leaseServer{lc: pb.NewLeaseClient(s.client.ActiveConnection()), b: s.backend})
+	conn := s.client.ActiveConnection()
+	pb.RegisterKVServer(s.grpc, &kvServer{kv: s.client.KV})
+	pb.RegisterWatchServer(s.grpc, &watchServer{wc: pb.NewWatchClient(conn), ns: s.cfg.Namespace, b: s.backend})
+	pb.RegisterLeaseServer(s.grpc, &leaseServer{lc: pb.NewLeaseClient(conn), ns: s.cfg.Namespace, b: s.backend})
+	pb.RegisterMaintenanceServer(s.grpc, &maintenanceServer{mc: pb.NewMaintenanceClient(conn)})
+	pb.RegisterAuthServer(s.grpc, &authServer{ac: pb.NewAuthClient(conn)})
 	s.health = health.NewServer()
 	for _, svc := range append([]string{""}, servedServices...) {
 		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
@@ -242,7 +256,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	serve("grpc", func() error { return s.grpc.Serve(grpcL) })
 	serve("http", func() error { return s.http.Serve(httpL) })
 	serve("listener", s.mux.Serve)
-	s.log.Info("serving etcd Lock, Election and Lease APIs over gRPC and JSON, /healthz, /readyz, /metrics", "listen", s.lis.Addr().String(), "etcd", endpoints)
+	s.log.Info("serving etcd Lock, Election, KV, Watch and Lease APIs over gRPC and JSON, /healthz, /readyz, /metrics", "listen", s.lis.Addr().String(), "etcd", endpoints)
 	return nil
 }
 

@@ -28,6 +28,7 @@ type Config struct {
 	RequestTimeout  time.Duration `envconfig:"REQUEST_TIMEOUT" flag:"request-timeout" default:"5s" desc:"bound for every etcd call the proxy makes on its own (cleanup of abandoned waiters, watch snapshots)"`
 	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" default:"10s" desc:"bound for the graceful stop on SIGINT/SIGTERM before it is forced"`
 	MaxEtcdRequests int           `envconfig:"MAX_ETCD_REQUESTS" flag:"max-etcd-requests" default:"128" desc:"most unary etcd requests in flight at once; more calls wait in the proxy instead of overloading etcd"`
+	Namespace       string        `envconfig:"NAMESPACE" flag:"namespace" desc:"key prefix, ending in /, under which every key the proxy touches lives (locks, elections, KV, watches); keys in responses come back without it"`
 	LogLevel        string        `envconfig:"LOG_LEVEL" flag:"log-level" default:"info" desc:"debug, info, warn or error"`
 }
 
@@ -117,6 +118,9 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 	if c.MaxEtcdRequests <= 0 {
 		return proxy.Config{}, 0, fmt.Errorf("invalid --max-etcd-requests %d: must be positive", c.MaxEtcdRequests)
 	}
+	if c.Namespace != "" && !strings.HasSuffix(c.Namespace, "/") {
+		return proxy.Config{}, 0, fmt.Errorf("invalid --namespace %q: must end in \"/\", or namespace %q would also hold the keys of namespace %q", c.Namespace, c.Namespace, c.Namespace+"x/")
+	}
 	if len(endpoints) == 0 && strings.TrimSpace(c.DataDir) == "" {
 		return proxy.Config{}, 0, errors.New("invalid --data-dir: dev mode (no --endpoints) needs a data directory")
 	}
@@ -128,6 +132,7 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 		RequestTimeout:  c.RequestTimeout,
 		ShutdownTimeout: c.ShutdownTimeout,
 		MaxEtcdRequests: c.MaxEtcdRequests,
+		Namespace:       c.Namespace,
 	}, level, nil
 }
 

@@ -35,6 +35,7 @@ func TestRun_invalidConfigurationExitsWithOneLine(t *testing.T) {
 		{"listen without port", []string{"--listen", "localhost"}, nil, 2, `invalid --listen "localhost"`},
 		{"listen port out of range", []string{"--listen", "127.0.0.1:70000"}, nil, 2, `invalid --listen "127.0.0.1:70000"`},
 		{"log level", []string{"--log-level", "loud"}, nil, 2, `invalid --log-level "loud"`},
+		{"namespace without trailing slash", []string{"--namespace", "app1"}, nil, 2, `invalid --namespace "app1": must end in "/"`},
 		{"unknown flag", []string{"--endpoint", "http://a:1"}, nil, 2, "flag provided but not defined: -endpoint"},
 		{"stray argument", []string{"extra"}, nil, 2, `unexpected argument "extra"`},
 		{"port in use", []string{"--listen", busy.Addr().String(), "--endpoints", "http://127.0.0.1:1"}, nil, 1, "address already in use"},

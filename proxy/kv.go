@@ -1,0 +1,123 @@
+package proxy
+
+import (
+	"context"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/proxy/grpcproxy"
+)
+
+// kvServer passes etcd's KV service through, so that fenced writes, etcdctl
+// and concurrency.Mutex users reach etcd at the same address as Lock and
+// Election. Requests go through the proxy's etcd client (and so through its
+// --namespace and its request limiter), turned into client operations by
+// etcd's own grpc-proxy adapters. Unlike etcd's grpc-proxy it keeps no cache:
+// a serializable read is as fresh as one an etcd member serves.
+type kvServer struct {
+	pb.UnimplementedKVServer
+	kv clientv3.KV
+}
+
+func (s *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	resp, err := s.kv.Do(ctx, grpcproxy.RangeRequestToOp(r))
+	if err != nil {
+		return nil, etcdStatus(err)
+	}
+	return (*pb.RangeResponse)(resp.Get()), nil
+}
+
+func (s *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
+	resp, err := s.kv.Do(ctx, grpcproxy.PutRequestToOp(r))
+	if err != nil {
+		return nil, etcdStatus(err)
+	}
+	return (*pb.PutResponse)(resp.Put()), nil
+}
+
+func (s *kvServer) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+	resp, err := s.kv.Do(ctx, grpcproxy.DelRequestToOp(r))
+	if err != nil {
+		return nil, etcdStatus(err)
+	}
+	return (*pb.DeleteRangeResponse)(resp.Del()), nil
+}
+
+func (s *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
+	if err := checkTxn(r); err != nil {
+		return nil, err
+	}
+	resp, err := s.kv.Do(ctx, grpcproxy.TxnRequestToOp(r))
+	if err != nil {
+		return nil, etcdStatus(err)
+	}
+	return (*pb.TxnResponse)(resp.Txn()), nil
+}
+
+// Compact compacts etcd's whole history, as it does on etcd: revisions are
+// cluster-wide, a namespace has none of its own.
+func (s *kvServer) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+	var opts []clientv3.CompactOption
+	if r.Physical {
+		opts = append(opts, clientv3.WithCompactPhysical())
+	}
+	resp, err := s.kv.Compact(ctx, r.Revision, opts...)
+	if err != nil {
+		return nil, etcdStatus(err)
+	}
+	return (*pb.CompactionResponse)(resp), nil
+}
+
+// checkTxn answers as etcd's own checks (v3rpc checkTxnRequest) do for what
+// the proxy must see before etcd does: an operation without a request, which
+// etcd's adapters cannot turn into a client operation, and an empty key,
+// which a namespace would turn into the namespace's own prefix. Everything
+// else (sizes, duplicate keys, too many operations) etcd judges itself.
+func checkTxn(r *pb.TxnRequest) error {
+	for _, c := range r.Compare {
+		if len(c.Key) == 0 {
+			return rpctypes.ErrGRPCEmptyKey
+		}
+	}
+	for _, ops := range [][]*pb.RequestOp{r.Success, r.Failure} {
+		for _, op := range ops {
+			if err := checkRequestOp(op); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func checkRequestOp(op *pb.RequestOp) error {
+	var key []byte
+	switch v := op.GetRequest().(type) {
+	case *pb.RequestOp_RequestRange:
+		if v.RequestRange == nil {
+			return rpctypes.ErrGRPCKeyNotFound
+		}
+		key = v.RequestRange.Key
+	case *pb.RequestOp_RequestPut:
+		if v.RequestPut == nil {
+			return rpctypes.ErrGRPCKeyNotFound
+		}
+		key = v.RequestPut.Key
+	case *pb.RequestOp_RequestDeleteRange:
+		if v.RequestDeleteRange == nil {
+			return rpctypes.ErrGRPCKeyNotFound
+		}
+		key = v.RequestDeleteRange.Key
+	case *pb.RequestOp_RequestTxn:
+		if v.RequestTxn == nil {
+			return rpctypes.ErrGRPCKeyNotFound
+		}
+		return checkTxn(v.RequestTxn)
+	default: // empty operation: etcd's answer
+		return rpctypes.ErrGRPCKeyNotFound
+	}
+	if len(key) == 0 {
+		return rpctypes.ErrGRPCEmptyKey
+	}
+	return nil
+}

@@ -1,0 +1,34 @@
+package proxy
+
+import (
+	"context"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+)
+
+// maintenanceServer answers Maintenance.Status with the status of the etcd
+// member the proxy's client talks to, so that `etcdctl endpoint status`
+// works against the proxy. The rest of the Maintenance service (snapshots,
+// defragmentation, alarms, leader moves) acts on the whole cluster and is
+// left to etcd's own endpoints: it answers Unimplemented here.
+type maintenanceServer struct {
+	pb.UnimplementedMaintenanceServer
+	mc pb.MaintenanceClient
+}
+
+func (m *maintenanceServer) Status(ctx context.Context, r *pb.StatusRequest) (*pb.StatusResponse, error) {
+	return m.mc.Status(ctx, r)
+}
+
+// authServer passes Auth.Authenticate through, so that a client with an etcd
+// user gets its token from the proxy's address and sends it with its calls;
+// etcd checks it (see forwardMetadata). User and role management stays on
+// etcd's own endpoints: Unimplemented here.
+type authServer struct {
+	pb.UnimplementedAuthServer
+	ac pb.AuthClient
+}
+
+func (a *authServer) Authenticate(ctx context.Context, r *pb.AuthenticateRequest) (*pb.AuthenticateResponse, error) {
+	return a.ac.Authenticate(ctx, r)
+}
