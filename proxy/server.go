@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/test/bufconn"
 )
 
 // Config is everything a Server needs; cmd/coordproxy fills it from flags and
@@ -75,6 +76,7 @@ const (
 	etcdClientLogLevel = zap.ErrorLevel
 	maxClientCallBytes = 1<<31 - 1 // etcd judges request sizes; see sizeerr.go
 	maxClientRecvBytes = 1<<31 - 1
+	inprocBufferBytes  = 1 << 20
 )
 
 // Server is one coordproxy: a gRPC listener in front of an etcd cluster.
@@ -90,6 +92,7 @@ type Server struct {
 	health   *health.Server
 	http     *http.Server
 	mux      cmux.CMux
+	inproc   *bufconn.Listener // the gateway's way into the gRPC server
 	gwConn   *grpc.ClientConn
 	draining atomic.Bool
 	serveErr chan error
@@ -215,9 +218,10 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	}
 	rpcMetrics.InitializeMetrics(s.grpc)
 
-	// gRPC (HTTP/2) and HTTP/1 (the JSON gateway, health, metrics) share
-	// the listen address, as on an etcd member.
-	s.gwConn, err = dialSelf(s.lis.Addr().String())
+	// The JSON gateway calls the same gRPC server in memory, without
+	// going through the port and whatever it asks of clients.
+	s.inproc = bufconn.Listen(inprocBufferBytes)
+	s.gwConn, err = dialInProcess(s.inproc)
 	if err != nil {
 		return err
 	}
@@ -226,6 +230,8 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		return err
 	}
 	s.http = &http.Server{Handler: s.httpMux(gateway), ReadHeaderTimeout: 10 * time.Second}
+	// gRPC (HTTP/2) and HTTP/1 (the JSON gateway, health, metrics) share
+	// the listen address, as on an etcd member.
 	s.mux = cmux.New(s.lis)
 	grpcL := s.mux.Match(cmux.HTTP2())
 	httpL := s.mux.Match(cmux.HTTP1Fast())
@@ -240,6 +246,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		}()
 	}
 	serve("grpc", func() error { return s.grpc.Serve(grpcL) })
+	serve("grpc in-process", func() error { return s.grpc.Serve(s.inproc) })
 	serve("http", func() error { return s.http.Serve(httpL) })
 	serve("listener", s.mux.Serve)
 	s.log.Info("serving etcd Lock, Election and Lease APIs over gRPC and JSON, /healthz, /readyz, /metrics", "listen", s.lis.Addr().String(), "etcd", endpoints)
@@ -276,8 +283,10 @@ func (s *Server) Shutdown(ctx context.Context) {
 		s.grpc.Stop()
 		<-stopped
 	}
-	// gRPC calls are over, the gateway's with them; closeBackends closes
-	// the gateway's connection.
+	// gRPC calls are over, the gateway's with them; GracefulStop closed
+	// the in-memory listener too, and closeBackends closes the gateway's
+	// connection.
+	s.inproc.Close()
 	if err := s.http.Shutdown(ctx); err != nil {
 		s.http.Close()
 	}
@@ -291,6 +300,9 @@ func (s *Server) Shutdown(ctx context.Context) {
 func (s *Server) closeBackends(ctx context.Context) {
 	if s.gwConn != nil {
 		s.gwConn.Close()
+	}
+	if s.inproc != nil {
+		s.inproc.Close()
 	}
 	if s.backend != nil {
 		s.backend.Close(ctx)
