@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -61,6 +62,23 @@ type Config struct {
 	QueueLinger time.Duration
 	// Embed tunes the dev-mode etcd.
 	Embed EmbedOptions
+
+	// CertFile and KeyFile, when set, make the port serve TLS only: gRPC,
+	// the JSON gateway, health and metrics alike.
+	CertFile, KeyFile string
+	// TrustedCAFile and ClientCertAuth ask every client for a certificate
+	// signed by the CA in TrustedCAFile (mTLS), as on an etcd member.
+	TrustedCAFile  string
+	ClientCertAuth bool
+
+	// EtcdCACert verifies etcd's certificate (empty: the system's roots);
+	// EtcdCert and EtcdKey are the proxy's client certificate for etcd.
+	// They apply to https:// endpoints.
+	EtcdCACert, EtcdCert, EtcdKey string
+	// EtcdUsername and EtcdPassword are the proxy's own etcd user: every
+	// etcd request of the proxy's client runs as this user, the calls it
+	// makes for its callers as well as cleanup, watches and /readyz.
+	EtcdUsername, EtcdPassword string
 }
 
 // Etcd's limits, so that requests the proxy forwards are judged as etcd
@@ -145,6 +163,14 @@ func (s *Server) Run(ctx context.Context) error {
 // Start listens, connects to etcd (starting the embedded one in dev mode) and
 // serves in the background.
 func (s *Server) Start(ctx context.Context) (err error) {
+	serverTLS, err := s.cfg.ServerTLS()
+	if err != nil {
+		return err
+	}
+	etcdTLS, err := s.cfg.EtcdTLS()
+	if err != nil {
+		return err
+	}
 	// Listen first: a taken port fails at once, before etcd is touched.
 	s.lis, err = net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
@@ -183,6 +209,9 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		MaxCallRecvMsgSize:   maxClientRecvBytes,
 		Logger:               zlog,
 		Context:              context.WithoutCancel(ctx),
+		TLS:                  etcdTLS,
+		Username:             s.cfg.EtcdUsername,
+		Password:             s.cfg.EtcdPassword,
 		DialOptions:          []grpc.DialOption{grpc.WithChainUnaryInterceptor(newEtcdLimiter(s.cfg.MaxEtcdRequests, s.cfg.Registry).unary)},
 	})
 	if err != nil {
@@ -231,8 +260,13 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	}
 	s.http = &http.Server{Handler: s.httpMux(gateway), ReadHeaderTimeout: 10 * time.Second}
 	// gRPC (HTTP/2) and HTTP/1 (the JSON gateway, health, metrics) share
-	// the listen address, as on an etcd member.
-	s.mux = cmux.New(s.lis)
+	// the listen address, as on an etcd member; with TLS, cmux tells them
+	// apart on the decrypted stream.
+	muxLis := s.lis
+	if serverTLS != nil {
+		muxLis = tls.NewListener(s.lis, serverTLS)
+	}
+	s.mux = cmux.New(muxLis)
 	grpcL := s.mux.Match(cmux.HTTP2())
 	httpL := s.mux.Match(cmux.HTTP1Fast())
 	serve := func(name string, f func() error) {
@@ -249,8 +283,19 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	serve("grpc in-process", func() error { return s.grpc.Serve(s.inproc) })
 	serve("http", func() error { return s.http.Serve(httpL) })
 	serve("listener", s.mux.Serve)
-	s.log.Info("serving etcd Lock, Election and Lease APIs over gRPC and JSON, /healthz, /readyz, /metrics", "listen", s.lis.Addr().String(), "etcd", endpoints)
+	s.log.Info("serving etcd Lock, Election and Lease APIs over gRPC and JSON, /healthz, /readyz, /metrics", "listen", s.lis.Addr().String(), "tls", tlsMode(serverTLS), "etcd", endpoints)
 	return nil
+}
+
+// tlsMode is how the port is served, for the start line.
+func tlsMode(cfg *tls.Config) string {
+	switch {
+	case cfg == nil:
+		return "off"
+	case cfg.ClientAuth == tls.RequireAndVerifyClientCert:
+		return "mtls"
+	}
+	return "on"
 }
 
 // Addr is the address the server listens on.
