@@ -148,6 +148,15 @@ func TestTLS_clientCertificateAuthRefusesClientsWithoutOne(t *testing.T) {
 	if code, body, err := httpsDo(c, http.MethodGet, base+"/readyz", ""); err != nil || code != http.StatusOK {
 		t.Fatalf("/readyz with a client certificate: %d %q %v", code, body, err)
 	}
+	// etcd's Go client with the same tls.Config, as the README says.
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{addr}, TLS: pki.ClientTLS(true), Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if err := lockRound(ctx, cli.ActiveConnection(), "mtls-clientv3"); err != nil {
+		t.Fatalf("Lock through clientv3 with a client certificate: %v", err)
+	}
 	// The README's grpcurl line.
 	if list := grpcurl(t, "-cacert", pki.CAFile, "-cert", pki.ClientCert, "-key", pki.ClientKey, addr, "list"); !strings.Contains(list, "v3lockpb.Lock") {
 		t.Fatalf("grpcurl over mTLS:\n%s", list)
