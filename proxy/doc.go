@@ -1,5 +1,6 @@
-// Package proxy owns coordproxy's server lifecycle: the listener, one gRPC
-// server carrying etcd's Lock, Election and Lease services (and reflection),
-// the etcd client, the embedded single-member etcd of dev mode, and the
-// graceful stop. It takes a plain Config and never reads the environment.
+// Package proxy owns coordproxy's server lifecycle: the listener (plaintext,
+// TLS or mTLS), one gRPC server carrying etcd's Lock, Election and Lease
+// services (and reflection), the etcd client (with TLS and its own user),
+// the embedded single-member etcd of dev mode, and the graceful stop. It
+// takes a plain Config and never reads the environment.
 package proxy

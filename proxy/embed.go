@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -15,7 +16,7 @@ import (
 // EmbeddedEtcd is a real single-member etcd running inside this process, on
 // loopback ports chosen by the kernel.
 type EmbeddedEtcd struct {
-	URL string // client URL, http://127.0.0.1:port
+	URL string // client URL, http://127.0.0.1:port (https:// with ClientTLS)
 	Dir string // absolute data directory
 
 	e         *embed.Etcd
@@ -35,6 +36,10 @@ type EmbedOptions struct {
 	// the kernel choose. A test that restarts etcd under a running proxy
 	// needs the same client address both times.
 	ClientAddr, PeerAddr string
+	// ClientTLS, when set, serves the client URL over https with these
+	// files (and asks for client certificates if it says so), for tests of
+	// the proxy's etcd-facing TLS.
+	ClientTLS *transport.TLSInfo
 }
 
 // StartEmbeddedEtcd starts etcd with its data in dir (created if missing); an
@@ -66,6 +71,10 @@ func StartEmbeddedEtcd(dir string, opts EmbedOptions) (*EmbeddedEtcd, error) {
 	}
 	if opts.PeerAddr != "" {
 		peerURL.Host = opts.PeerAddr
+	}
+	if opts.ClientTLS != nil {
+		clientURL.Scheme = "https"
+		cfg.ClientTLSInfo = *opts.ClientTLS
 	}
 	cfg.ListenClientUrls = []url.URL{clientURL}
 	cfg.AdvertiseClientUrls = []url.URL{clientURL}
@@ -99,7 +108,7 @@ func StartEmbeddedEtcd(dir string, opts EmbedOptions) (*EmbeddedEtcd, error) {
 		e.Close()
 		return nil, fmt.Errorf("embedded etcd in %s did not become ready within %s", abs, opts.StartTimeout)
 	}
-	return &EmbeddedEtcd{URL: "http://" + e.Clients[0].Addr().String(), Dir: abs, e: e, level: level}, nil
+	return &EmbeddedEtcd{URL: clientURL.Scheme + "://" + e.Clients[0].Addr().String(), Dir: abs, e: e, level: level}, nil
 }
 
 // Close stops the member; its data stays in Dir.

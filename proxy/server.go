@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,6 +25,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/test/bufconn"
 )
 
 // Config is everything a Server needs; cmd/coordproxy fills it from flags and
@@ -65,6 +67,23 @@ type Config struct {
 	Namespace string
 	// Embed tunes the dev-mode etcd.
 	Embed EmbedOptions
+
+	// CertFile and KeyFile, when set, make the port serve TLS only: gRPC,
+	// the JSON gateway, health and metrics alike.
+	CertFile, KeyFile string
+	// TrustedCAFile and ClientCertAuth ask every client for a certificate
+	// signed by the CA in TrustedCAFile (mTLS), as on an etcd member.
+	TrustedCAFile  string
+	ClientCertAuth bool
+
+	// EtcdCACert verifies etcd's certificate (empty: the system's roots);
+	// EtcdCert and EtcdKey are the proxy's client certificate for etcd.
+	// They apply to https:// endpoints.
+	EtcdCACert, EtcdCert, EtcdKey string
+	// EtcdUsername and EtcdPassword are the proxy's own etcd user: every
+	// etcd request of the proxy's client runs as this user, the calls it
+	// makes for its callers as well as cleanup, watches and /readyz.
+	EtcdUsername, EtcdPassword string
 }
 
 // Etcd's limits, so that requests the proxy forwards are judged as etcd
@@ -80,6 +99,7 @@ const (
 	etcdClientLogLevel = zap.ErrorLevel
 	maxClientCallBytes = 1<<31 - 1 // etcd judges request sizes; see sizeerr.go
 	maxClientRecvBytes = 1<<31 - 1
+	inprocBufferBytes  = 1 << 20
 )
 
 // Server is one coordproxy: a gRPC listener in front of an etcd cluster.
@@ -95,6 +115,7 @@ type Server struct {
 	health   *health.Server
 	http     *http.Server
 	mux      cmux.CMux
+	inproc   *bufconn.Listener // the gateway's way into the gRPC server
 	gwConn   *grpc.ClientConn
 	draining atomic.Bool
 	serveErr chan error
@@ -150,6 +171,14 @@ func (s *Server) Run(ctx context.Context) error {
 // Start listens, connects to etcd (starting the embedded one in dev mode) and
 // serves in the background.
 func (s *Server) Start(ctx context.Context) (err error) {
+	serverTLS, err := s.cfg.ServerTLS()
+	if err != nil {
+		return err
+	}
+	etcdTLS, err := s.cfg.EtcdTLS()
+	if err != nil {
+		return err
+	}
 	// Listen first: a taken port fails at once, before etcd is touched.
 	s.lis, err = net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
@@ -188,6 +217,9 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		MaxCallRecvMsgSize:   maxClientRecvBytes,
 		Logger:               zlog,
 		Context:              context.WithoutCancel(ctx),
+		TLS:                  etcdTLS,
+		Username:             s.cfg.EtcdUsername,
+		Password:             s.cfg.EtcdPassword,
 		DialOptions:          []grpc.DialOption{grpc.WithChainUnaryInterceptor(newEtcdLimiter(s.cfg.MaxEtcdRequests, s.cfg.Registry).unary)},
 	})
 	if err != nil {
@@ -229,9 +261,10 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	}
 	rpcMetrics.InitializeMetrics(s.grpc)
 
-	// gRPC (HTTP/2) and HTTP/1 (the JSON gateway, health, metrics) share
-	// the listen address, as on an etcd member.
-	s.gwConn, err = dialSelf(s.lis.Addr().String())
+	// The JSON gateway calls the same gRPC server in memory, without
+	// going through the port and whatever it asks of clients.
+	s.inproc = bufconn.Listen(inprocBufferBytes)
+	s.gwConn, err = dialInProcess(s.inproc)
 	if err != nil {
 		return err
 	}
@@ -240,7 +273,14 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		return err
 	}
 	s.http = &http.Server{Handler: s.httpMux(gateway), ReadHeaderTimeout: 10 * time.Second}
-	s.mux = cmux.New(s.lis)
+	// gRPC (HTTP/2) and HTTP/1 (the JSON gateway, health, metrics) share
+	// the listen address, as on an etcd member; with TLS, cmux tells them
+	// apart on the decrypted stream.
+	muxLis := s.lis
+	if serverTLS != nil {
+		muxLis = tls.NewListener(s.lis, serverTLS)
+	}
+	s.mux = cmux.New(muxLis)
 	grpcL := s.mux.Match(cmux.HTTP2())
 	httpL := s.mux.Match(cmux.HTTP1Fast())
 	serve := func(name string, f func() error) {
@@ -254,10 +294,22 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		}()
 	}
 	serve("grpc", func() error { return s.grpc.Serve(grpcL) })
+	serve("grpc in-process", func() error { return s.grpc.Serve(s.inproc) })
 	serve("http", func() error { return s.http.Serve(httpL) })
 	serve("listener", s.mux.Serve)
-	s.log.Info("serving etcd Lock, Election, KV, Watch and Lease APIs over gRPC and JSON, /healthz, /readyz, /metrics", "listen", s.lis.Addr().String(), "etcd", endpoints)
+	s.log.Info("serving etcd Lock, Election, KV, Watch and Lease APIs over gRPC and JSON, /healthz, /readyz, /metrics", "listen", s.lis.Addr().String(), "tls", tlsMode(serverTLS), "etcd", endpoints)
 	return nil
+}
+
+// tlsMode is how the port is served, for the start line.
+func tlsMode(cfg *tls.Config) string {
+	switch {
+	case cfg == nil:
+		return "off"
+	case cfg.ClientAuth == tls.RequireAndVerifyClientCert:
+		return "mtls"
+	}
+	return "on"
 }
 
 // Addr is the address the server listens on.
@@ -290,8 +342,10 @@ func (s *Server) Shutdown(ctx context.Context) {
 		s.grpc.Stop()
 		<-stopped
 	}
-	// gRPC calls are over, the gateway's with them; closeBackends closes
-	// the gateway's connection.
+	// gRPC calls are over, the gateway's with them; GracefulStop closed
+	// the in-memory listener too, and closeBackends closes the gateway's
+	// connection.
+	s.inproc.Close()
 	if err := s.http.Shutdown(ctx); err != nil {
 		s.http.Close()
 	}
@@ -305,6 +359,9 @@ func (s *Server) Shutdown(ctx context.Context) {
 func (s *Server) closeBackends(ctx context.Context) {
 	if s.gwConn != nil {
 		s.gwConn.Close()
+	}
+	if s.inproc != nil {
+		s.inproc.Close()
 	}
 	if s.backend != nil {
 		s.backend.Close(ctx)

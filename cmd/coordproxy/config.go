@@ -5,9 +5,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
 	"reflect"
 	"strconv"
 	"strings"
@@ -21,7 +23,7 @@ import (
 // environment variable COORDPROXY_<envconfig tag> and can be overridden by
 // the flag --<flag tag>.
 type Config struct {
-	Endpoints       string        `envconfig:"ENDPOINTS" flag:"endpoints" desc:"comma-separated etcd client URLs (http://host:port); empty starts an embedded etcd (dev mode)"`
+	Endpoints       string        `envconfig:"ENDPOINTS" flag:"endpoints" desc:"comma-separated etcd client URLs (http://host:port, or all https://); empty starts an embedded etcd (dev mode)"`
 	Listen          string        `envconfig:"LISTEN" flag:"listen" default:"127.0.0.1:23790" desc:"address to serve gRPC on"`
 	DataDir         string        `envconfig:"DATA_DIR" flag:"data-dir" default:"coordproxy.etcd" desc:"data directory of the embedded etcd (dev mode only)"`
 	DialTimeout     time.Duration `envconfig:"DIAL_TIMEOUT" flag:"dial-timeout" default:"5s" desc:"bound for connecting to etcd"`
@@ -30,6 +32,20 @@ type Config struct {
 	MaxEtcdRequests int           `envconfig:"MAX_ETCD_REQUESTS" flag:"max-etcd-requests" default:"128" desc:"most unary etcd requests in flight at once; more calls wait in the proxy instead of overloading etcd"`
 	Namespace       string        `envconfig:"NAMESPACE" flag:"namespace" desc:"key prefix, ending in /, under which every key the proxy touches lives (locks, elections, KV, watches); keys in responses come back without it"`
 	LogLevel        string        `envconfig:"LOG_LEVEL" flag:"log-level" default:"info" desc:"debug, info, warn or error"`
+
+	// Named as in proxy.Config, whose FileError names the field: fileError
+	// finds the flag by that name.
+	CertFile       string `envconfig:"CERT_FILE" flag:"cert-file" desc:"certificate (PEM) of the proxy's port; with --key-file the port serves TLS only"`
+	KeyFile        string `envconfig:"KEY_FILE" flag:"key-file" desc:"private key (PEM) of --cert-file"`
+	TrustedCAFile  string `envconfig:"TRUSTED_CA_FILE" flag:"trusted-ca-file" desc:"CA certificates (PEM) that sign client certificates; goes with --client-cert-auth"`
+	ClientCertAuth bool   `envconfig:"CLIENT_CERT_AUTH" flag:"client-cert-auth" default:"false" desc:"require every client to present a certificate signed by --trusted-ca-file (mTLS)"`
+
+	EtcdCACert       string `envconfig:"ETCD_CACERT" flag:"etcd-cacert" desc:"CA certificates (PEM) that verify etcd's https:// endpoints; empty uses the system's roots"`
+	EtcdCert         string `envconfig:"ETCD_CERT" flag:"etcd-cert" desc:"client certificate (PEM) the proxy presents to etcd"`
+	EtcdKey          string `envconfig:"ETCD_KEY" flag:"etcd-key" desc:"private key (PEM) of --etcd-cert"`
+	EtcdUsername     string `envconfig:"ETCD_USERNAME" flag:"etcd-username" desc:"the proxy's own etcd user, for everything it does in etcd"`
+	EtcdPassword     string `envconfig:"ETCD_PASSWORD" flag:"etcd-password" secret:"true" desc:"password of --etcd-username"`
+	EtcdPasswordFile string `envconfig:"ETCD_PASSWORD_FILE" flag:"etcd-password-file" desc:"file holding the password of --etcd-username (one trailing newline is ignored)"`
 }
 
 const envPrefix = "COORDPROXY"
@@ -71,7 +87,8 @@ func envError(err error) error {
 }
 
 // bindFlags registers a flag for every field of c, named by its flag tag,
-// with the value read from the environment as its default.
+// with the value read from the environment as its default. A secret's
+// default is kept but not shown by -h.
 func bindFlags(fs *flag.FlagSet, c *Config) {
 	v := reflect.ValueOf(c).Elem()
 	t := v.Type()
@@ -81,6 +98,12 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 		usage := fmt.Sprintf("%s (env %s_%s)", f.Tag.Get("desc"), envPrefix, f.Tag.Get("envconfig"))
 		switch p := v.Field(i).Addr().Interface().(type) {
 		case *string:
+			if f.Tag.Get("secret") == "true" {
+				fromEnv := *p
+				fs.StringVar(p, name, "", usage)
+				*p = fromEnv
+				continue
+			}
 			fs.StringVar(p, name, *p, usage)
 		case *time.Duration:
 			fs.DurationVar(p, name, *p, usage)
@@ -124,7 +147,14 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 	if len(endpoints) == 0 && strings.TrimSpace(c.DataDir) == "" {
 		return proxy.Config{}, 0, errors.New("invalid --data-dir: dev mode (no --endpoints) needs a data directory")
 	}
-	return proxy.Config{
+	if err := c.checkTLS(endpoints); err != nil {
+		return proxy.Config{}, 0, err
+	}
+	password, err := c.etcdPassword()
+	if err != nil {
+		return proxy.Config{}, 0, err
+	}
+	pc := proxy.Config{
 		Endpoints:       endpoints,
 		Listen:          c.Listen,
 		DataDir:         c.DataDir,
@@ -133,11 +163,106 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 		ShutdownTimeout: c.ShutdownTimeout,
 		MaxEtcdRequests: c.MaxEtcdRequests,
 		Namespace:       c.Namespace,
-	}, level, nil
+		CertFile:        c.CertFile,
+		KeyFile:         c.KeyFile,
+		TrustedCAFile:   c.TrustedCAFile,
+		ClientCertAuth:  c.ClientCertAuth,
+		EtcdCACert:      c.EtcdCACert,
+		EtcdCert:        c.EtcdCert,
+		EtcdKey:         c.EtcdKey,
+		EtcdUsername:    c.EtcdUsername,
+		EtcdPassword:    password,
+	}
+	// The files are checked by the code that loads them when the proxy
+	// starts, so that what passes here is what is served.
+	if _, err := pc.ServerTLS(); err != nil {
+		return proxy.Config{}, 0, fileError(err)
+	}
+	if _, err := pc.EtcdTLS(); err != nil {
+		return proxy.Config{}, 0, fileError(err)
+	}
+	return pc, level, nil
+}
+
+// checkTLS checks which TLS settings go together; the files themselves are
+// checked by proxy.Config's ServerTLS and EtcdTLS.
+func (c Config) checkTLS(endpoints []string) error {
+	switch {
+	case c.CertFile != "" && c.KeyFile == "":
+		return errors.New("invalid --cert-file: needs --key-file")
+	case c.KeyFile != "" && c.CertFile == "":
+		return errors.New("invalid --key-file: needs --cert-file")
+	case c.TrustedCAFile != "" && c.CertFile == "":
+		return errors.New("invalid --trusted-ca-file: client certificates need TLS, set --cert-file and --key-file")
+	case c.ClientCertAuth && c.TrustedCAFile == "":
+		return errors.New("invalid --client-cert-auth: needs --trusted-ca-file, the CA that signs client certificates")
+	case c.TrustedCAFile != "" && !c.ClientCertAuth:
+		// etcd requires client certificates as soon as a CA is given;
+		// saying so explicitly keeps one meaning for both settings.
+		return errors.New("invalid --trusted-ca-file: it checks client certificates, set --client-cert-auth to require them")
+	case c.EtcdCert != "" && c.EtcdKey == "":
+		return errors.New("invalid --etcd-cert: needs --etcd-key")
+	case c.EtcdKey != "" && c.EtcdCert == "":
+		return errors.New("invalid --etcd-key: needs --etcd-cert")
+	}
+	https := len(endpoints) > 0 && strings.HasPrefix(strings.ToLower(endpoints[0]), "https://")
+	for _, f := range []struct{ name, value string }{{"etcd-cacert", c.EtcdCACert}, {"etcd-cert", c.EtcdCert}} {
+		if f.value != "" && !https {
+			// etcd's client would drop TLS for http:// endpoints.
+			return fmt.Errorf("invalid --%s: etcd TLS needs https:// --endpoints", f.name)
+		}
+	}
+	return nil
+}
+
+// etcdPassword is --etcd-password or the content of --etcd-password-file,
+// checked against --etcd-username.
+func (c Config) etcdPassword() (string, error) {
+	password, from := c.EtcdPassword, "--etcd-password"
+	if c.EtcdPasswordFile != "" {
+		if c.EtcdPassword != "" {
+			return "", errors.New("invalid --etcd-password-file: --etcd-password is set too, give only one")
+		}
+		from = "--etcd-password-file"
+		b, err := os.ReadFile(c.EtcdPasswordFile)
+		if err != nil {
+			var pe *fs.PathError
+			if errors.As(err, &pe) {
+				err = pe.Err
+			}
+			return "", fmt.Errorf("invalid --etcd-password-file %q: %v", c.EtcdPasswordFile, err)
+		}
+		password = string(b)
+		if p, ok := strings.CutSuffix(password, "\n"); ok {
+			password = strings.TrimSuffix(p, "\r")
+		}
+		if password == "" {
+			return "", fmt.Errorf("invalid --etcd-password-file %q: file is empty", c.EtcdPasswordFile)
+		}
+	}
+	switch {
+	case c.EtcdUsername != "" && password == "":
+		return "", errors.New("invalid --etcd-username: needs --etcd-password or --etcd-password-file")
+	case c.EtcdUsername == "" && password != "":
+		return "", fmt.Errorf("invalid %s: needs --etcd-username", from)
+	}
+	return password, nil
+}
+
+// fileError names the flag of a certificate or key file that cannot be used.
+func fileError(err error) error {
+	var fe *proxy.FileError
+	if errors.As(err, &fe) {
+		if f, ok := reflect.TypeOf(Config{}).FieldByName(fe.Field); ok {
+			return fmt.Errorf("invalid --%s %q: %v", f.Tag.Get("flag"), fe.Path, fe.Err)
+		}
+	}
+	return fmt.Errorf("invalid TLS configuration: %v", err)
 }
 
 func parseEndpoints(s string) ([]string, error) {
 	var eps []string
+	var scheme string
 	for _, ep := range strings.Split(s, ",") {
 		ep = strings.TrimSpace(ep)
 		if ep == "" {
@@ -152,7 +277,11 @@ func parseEndpoints(s string) ([]string, error) {
 		if bad {
 			return nil, fmt.Errorf("invalid --endpoints entry %q: want an etcd client URL such as http://127.0.0.1:2379", ep)
 		}
-		eps = append(eps, ep)
+		if len(eps) > 0 && u.Scheme != scheme {
+			// etcd's client would use the first endpoint's scheme for all.
+			return nil, fmt.Errorf("invalid --endpoints: %q and %q mix http:// and https://", eps[0], ep)
+		}
+		eps, scheme = append(eps, ep), u.Scheme
 	}
 	return eps, nil
 }

@@ -89,3 +89,46 @@ func Client(t testing.TB, endpoints ...string) *clientv3.Client {
 	t.Cleanup(func() { c.Close() })
 	return c
 }
+
+// RootPassword is the password of etcd's root user after EnableAuth.
+const RootPassword = "root-secret"
+
+// EnableAuth turns on authentication in the etcd at etcdURL: a root user,
+// and user with password, whose role may read and write the keys under
+// prefix and nothing else. It returns a client logged in as root, closed at
+// cleanup.
+func EnableAuth(t testing.TB, etcdURL, user, password, prefix string) *clientv3.Client {
+	t.Helper()
+	ctx := Ctx(t)
+	c := Client(t, etcdURL)
+	role := user + "-role"
+	steps := []func() error{
+		func() error { _, err := c.UserAdd(ctx, "root", RootPassword); return err },
+		func() error { _, err := c.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := c.RoleAdd(ctx, role); return err },
+		func() error {
+			_, err := c.RoleGrantPermission(ctx, role, prefix, clientv3.GetPrefixRangeEnd(prefix), clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		},
+		func() error { _, err := c.UserAdd(ctx, user, password); return err },
+		func() error { _, err := c.UserGrantRole(ctx, user, role); return err },
+		func() error { _, err := c.AuthEnable(ctx); return err },
+	}
+	for i, step := range steps {
+		if err := step(); err != nil {
+			t.Fatalf("enable auth, step %d: %v", i, err)
+		}
+	}
+	root, err := clientv3.New(clientv3.Config{
+		Endpoints:   []string{etcdURL},
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+		Username:    "root",
+		Password:    RootPassword,
+	})
+	if err != nil {
+		t.Fatalf("etcd client as root: %v", err)
+	}
+	t.Cleanup(func() { root.Close() })
+	return root
+}
