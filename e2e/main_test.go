@@ -14,6 +14,10 @@ import (
 var binDir string
 
 func TestMain(m *testing.M) {
+	if addr := os.Getenv(occupyEnv); addr != "" {
+		// Run as the command of `etcdctl lock` (see etcdctl_test.go).
+		os.Exit(occupyMain(addr))
+	}
 	var err error
 	if binDir, err = os.MkdirTemp("", "coordproxy-e2e-bin"); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -49,6 +53,17 @@ var binaries = sync.OnceValues(func() (struct{ etcd, coordproxy string }, error)
 		}
 	}
 	return out, nil
+})
+
+// etcdctlBinary builds etcd's own etcdctl (e2e/etcdctl) once, for the tests
+// that drive the proxy with it.
+var etcdctlBinary = sync.OnceValues(func() (string, error) {
+	bin := filepath.Join(binDir, "etcdctl")
+	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "github.com/coordproxy/coordproxy/e2e/etcdctl")
+	if o, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build etcdctl: %v\n%s", err, o)
+	}
+	return bin, nil
 })
 
 func mustBinaries(t *testing.T) (etcd, coordproxy string) {
