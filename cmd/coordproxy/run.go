@@ -16,7 +16,11 @@ import (
 
 // run is the whole program: it returns the exit code. Configuration errors
 // exit 2, failures while running exit 1, both with one line on stderr.
+// `coordproxy probe URL` is the health check command instead (probe.go).
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "probe" {
+		return probe(args[1:], stdout, stderr)
+	}
 	m := &Main{Stdout: stdout, Stderr: stderr}
 	if err := m.ParseFlags(args); err != nil {
 		if errors.Is(err, errHelp) {
