@@ -33,13 +33,19 @@ type proxyProc struct {
 // startProxies starts n coordproxy processes in front of every member of c.
 func startProxies(t *testing.T, c *cluster, n int) []*proxyProc {
 	t.Helper()
+	return startProxiesTo(t, c.endpoints(), n)
+}
+
+// startProxiesTo starts n coordproxy processes in front of endpoints.
+func startProxiesTo(t *testing.T, endpoints []string, n int) []*proxyProc {
+	t.Helper()
 	_, bin := mustBinaries(t)
 	var ps []*proxyProc
 	for i := range n {
 		p := &proxyProc{t: t, bin: bin, addr: proxytest.FreeAddr(t), logPath: filepath.Join(t.TempDir(), "coordproxy.log")}
 		_ = i
 		p.args = []string{
-			"--endpoints", strings.Join(c.endpoints(), ","),
+			"--endpoints", strings.Join(endpoints, ","),
 			"--listen", p.addr,
 			"--request-timeout", requestTimeout.String(),
 			"--dial-timeout", "2s",

@@ -4,6 +4,7 @@ import (
 	"errors"
 
 	"github.com/coordproxy/coordproxy/lockproxy"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	epb "go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
 )
@@ -36,6 +37,12 @@ func (s *Server) Observe(req *epb.LeaderRequest, stream epb.Election_ObserveServ
 	if err != nil {
 		return s.b.CallErr(ctx, err)
 	}
+	// A caller that requires a leader (etcd's "hasleader") has its stream
+	// ended with "etcdserver: no leader" when etcd loses it, as etcd does.
+	var leaderLost <-chan struct{}
+	if lockproxy.RequiresLeader(stream.Context()) {
+		leaderLost = s.b.Leader.Lost()
+	}
 	seen := resp.Header.Revision
 	if len(resp.Kvs) > 0 {
 		if err := stream.Send(&epb.LeaderResponse{Header: resp.Header, Kv: resp.Kvs[0]}); err != nil {
@@ -46,6 +53,8 @@ func (s *Server) Observe(req *epb.LeaderRequest, stream epb.Election_ObserveServ
 		select {
 		case <-ctx.Done():
 			return s.b.CallErr(ctx, ctx.Err())
+		case <-leaderLost:
+			return rpctypes.ErrGRPCNoLeader
 		case ch, ok := <-o.C:
 			if !ok {
 				if errors.Is(o.Err(), lockproxy.ErrObserverTooSlow) {

@@ -37,6 +37,8 @@ type Options struct {
 type Backend struct {
 	Client *clientv3.Client
 	Queues *Queues
+	// Leader tells streams that require a leader when etcd loses it.
+	Leader *leaderWatch
 
 	timeout       time.Duration
 	observeBuffer int
@@ -82,6 +84,7 @@ func NewBackend(client *clientv3.Client, opts Options) *Backend {
 		log:           opts.Logger,
 		metrics:       opts.Metrics,
 		cleaner:       newCleaner(client, opts.RequestTimeout, opts.Logger, opts.Metrics),
+		Leader:        newLeaderWatch(stopCtx, client.Watcher),
 		stopCtx:       stopCtx,
 		stop:          stop,
 		lease0Seen:    map[string]struct{}{},

@@ -14,7 +14,8 @@ import (
 // Election. Requests go through the proxy's etcd client (and so through its
 // --namespace and its request limiter), turned into client operations by
 // etcd's own grpc-proxy adapters. Unlike etcd's grpc-proxy it keeps no cache:
-// a serializable read is as fresh as one an etcd member serves.
+// a serializable read is as fresh as one an etcd member serves. Errors get
+// etcd's codes back at the service edge (wireErr).
 type kvServer struct {
 	pb.UnimplementedKVServer
 	kv clientv3.KV
@@ -23,7 +24,7 @@ type kvServer struct {
 func (s *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
 	resp, err := s.kv.Do(ctx, grpcproxy.RangeRequestToOp(r))
 	if err != nil {
-		return nil, etcdStatus(err)
+		return nil, err
 	}
 	return (*pb.RangeResponse)(resp.Get()), nil
 }
@@ -31,7 +32,7 @@ func (s *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResp
 func (s *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
 	resp, err := s.kv.Do(ctx, grpcproxy.PutRequestToOp(r))
 	if err != nil {
-		return nil, etcdStatus(err)
+		return nil, err
 	}
 	return (*pb.PutResponse)(resp.Put()), nil
 }
@@ -39,7 +40,7 @@ func (s *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, 
 func (s *kvServer) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
 	resp, err := s.kv.Do(ctx, grpcproxy.DelRequestToOp(r))
 	if err != nil {
-		return nil, etcdStatus(err)
+		return nil, err
 	}
 	return (*pb.DeleteRangeResponse)(resp.Del()), nil
 }
@@ -50,7 +51,7 @@ func (s *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 	}
 	resp, err := s.kv.Do(ctx, grpcproxy.TxnRequestToOp(r))
 	if err != nil {
-		return nil, etcdStatus(err)
+		return nil, err
 	}
 	return (*pb.TxnResponse)(resp.Txn()), nil
 }
@@ -64,7 +65,7 @@ func (s *kvServer) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.Co
 	}
 	resp, err := s.kv.Compact(ctx, r.Revision, opts...)
 	if err != nil {
-		return nil, etcdStatus(err)
+		return nil, err
 	}
 	return (*pb.CompactionResponse)(resp), nil
 }

@@ -220,7 +220,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		TLS:                  etcdTLS,
 		Username:             s.cfg.EtcdUsername,
 		Password:             s.cfg.EtcdPassword,
-		DialOptions:          []grpc.DialOption{grpc.WithChainUnaryInterceptor(newEtcdLimiter(s.cfg.MaxEtcdRequests, s.cfg.Registry).unary)},
+		DialOptions:          []grpc.DialOption{grpc.WithChainUnaryInterceptor(newEtcdLimiter(s.cfg.MaxEtcdRequests, s.cfg.Registry).unary, noLeaderIsFinal)},
 	})
 	if err != nil {
 		return fmt.Errorf("etcd client: %w", err)

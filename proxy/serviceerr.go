@@ -23,8 +23,12 @@ import (
 // A caller that asks for a leader (etcd's "hasleader" metadata, which the
 // proxy forwards) is refused by etcd's interceptor with Unavailable
 // "etcdserver: no leader" when the member has none; the proxy learns it from
-// its etcd client as an error without a gRPC code, and serviceErr puts etcd's
-// status back.
+// its etcd client as an error without a gRPC code (see noLeaderIsFinal), and
+// serviceErr puts etcd's status back.
+//
+// The pass-through services (KV, Watch, Lease, Maintenance, Auth) answer
+// etcd's errors with etcd's codes: etcdStatus, applied to every error they
+// return.
 
 func isEtcdService(method string) bool {
 	return strings.HasPrefix(method, "/v3lockpb.Lock/") || strings.HasPrefix(method, "/v3electionpb.Election/")
@@ -43,18 +47,35 @@ func serviceErr(err error) error {
 	return err
 }
 
+func wireErr(method string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if isEtcdService(method) {
+		return serviceErr(err)
+	}
+	return etcdStatus(err)
+}
+
 func serviceErrUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	resp, err := handler(ctx, req)
-	if err != nil && isEtcdService(info.FullMethod) {
-		err = serviceErr(err)
-	}
-	return resp, err
+	return resp, wireErr(info.FullMethod, err)
 }
 
 func serviceErrStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	err := handler(srv, ss)
-	if err != nil && isEtcdService(info.FullMethod) {
-		err = serviceErr(err)
+	return wireErr(info.FullMethod, handler(srv, ss))
+}
+
+// noLeaderIsFinal sits between the etcd client's retry loop and the wire:
+// etcd's "no leader" refusal of a call that required a leader is the answer
+// for that caller, as from etcd itself, but the client would otherwise retry
+// a read on it (it is Unavailable) up to 100 times, sending etcd a hundred
+// requests for one and answering seconds later. As an rpctypes value it is
+// not retried, and still maps to etcd's status.
+func noLeaderIsFinal(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	err := invoker(ctx, method, req, reply, cc, opts...)
+	if st, ok := status.FromError(err); ok && st.Code() == codes.Unavailable && st.Message() == rpctypes.ErrNoLeader.Error() {
+		return rpctypes.ErrNoLeader
 	}
 	return err
 }
