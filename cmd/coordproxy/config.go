@@ -28,7 +28,8 @@ type Config struct {
 	DataDir         string        `envconfig:"DATA_DIR" flag:"data-dir" default:"coordproxy.etcd" desc:"data directory of the embedded etcd (dev mode only)"`
 	DialTimeout     time.Duration `envconfig:"DIAL_TIMEOUT" flag:"dial-timeout" default:"5s" desc:"bound for connecting to etcd"`
 	RequestTimeout  time.Duration `envconfig:"REQUEST_TIMEOUT" flag:"request-timeout" default:"5s" desc:"bound for every etcd call the proxy makes on its own (cleanup of abandoned waiters, watch snapshots)"`
-	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" default:"10s" desc:"bound for the graceful stop on SIGINT/SIGTERM before it is forced"`
+	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" default:"10s" desc:"bound for the graceful stop on SIGINT/SIGTERM, drain delay included, before it is forced"`
+	DrainDelay      time.Duration `envconfig:"DRAIN_DELAY" flag:"drain-delay" default:"0s" desc:"on SIGINT/SIGTERM, how long to keep serving with /readyz 503 and health NOT_SERVING before refusing new calls; behind a load balancer, more than its health-check interval times its failure threshold; shorter than --shutdown-timeout"`
 	MaxEtcdRequests int           `envconfig:"MAX_ETCD_REQUESTS" flag:"max-etcd-requests" default:"128" desc:"most unary etcd requests in flight at once; more calls wait in the proxy instead of overloading etcd"`
 	Namespace       string        `envconfig:"NAMESPACE" flag:"namespace" desc:"key prefix, ending in /, under which every key the proxy touches lives (locks, elections, KV, watches); keys in responses come back without it"`
 	LogLevel        string        `envconfig:"LOG_LEVEL" flag:"log-level" default:"info" desc:"debug, info, warn or error"`
@@ -138,6 +139,12 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 			return proxy.Config{}, 0, fmt.Errorf("invalid --%s %s: must be positive", d.name, d.v)
 		}
 	}
+	switch {
+	case c.DrainDelay < 0:
+		return proxy.Config{}, 0, fmt.Errorf("invalid --drain-delay %s: must not be negative", c.DrainDelay)
+	case c.DrainDelay >= c.ShutdownTimeout:
+		return proxy.Config{}, 0, fmt.Errorf("invalid --drain-delay %s: must be shorter than --shutdown-timeout %s, which includes it", c.DrainDelay, c.ShutdownTimeout)
+	}
 	if c.MaxEtcdRequests <= 0 {
 		return proxy.Config{}, 0, fmt.Errorf("invalid --max-etcd-requests %d: must be positive", c.MaxEtcdRequests)
 	}
@@ -161,6 +168,7 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 		DialTimeout:     c.DialTimeout,
 		RequestTimeout:  c.RequestTimeout,
 		ShutdownTimeout: c.ShutdownTimeout,
+		DrainDelay:      c.DrainDelay,
 		MaxEtcdRequests: c.MaxEtcdRequests,
 		Namespace:       c.Namespace,
 		CertFile:        c.CertFile,
