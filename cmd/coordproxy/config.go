@@ -33,6 +33,7 @@ type Config struct {
 	MaxEtcdRequests int           `envconfig:"MAX_ETCD_REQUESTS" flag:"max-etcd-requests" default:"128" desc:"most unary etcd requests in flight at once; more calls wait in the proxy instead of overloading etcd"`
 	Namespace       string        `envconfig:"NAMESPACE" flag:"namespace" desc:"key prefix, ending in /, under which every key the proxy touches lives (locks, elections, KV, watches); keys in responses come back without it"`
 	LogLevel        string        `envconfig:"LOG_LEVEL" flag:"log-level" default:"info" desc:"debug, info, warn or error"`
+	LogFormat       string        `envconfig:"LOG_FORMAT" flag:"log-format" default:"text" desc:"text (key=value) or json, one record a line"`
 
 	// Named as in proxy.Config, whose FileError names the field: fileError
 	// finds the flag by that name.
@@ -124,6 +125,9 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
 		return proxy.Config{}, 0, fmt.Errorf("invalid --log-level %q: want debug, info, warn or error", c.LogLevel)
 	}
+	if _, err := newLogHandler(c.LogFormat, io.Discard, level); err != nil {
+		return proxy.Config{}, 0, err
+	}
 	endpoints, err := parseEndpoints(c.Endpoints)
 	if err != nil {
 		return proxy.Config{}, 0, err
@@ -190,6 +194,18 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 		return proxy.Config{}, 0, fileError(err)
 	}
 	return pc, level, nil
+}
+
+// newLogHandler is log/slog's handler for --log-format, writing to w.
+func newLogHandler(format string, w io.Writer, level slog.Level) (slog.Handler, error) {
+	opts := &slog.HandlerOptions{Level: level}
+	switch format {
+	case "text":
+		return slog.NewTextHandler(w, opts), nil
+	case "json":
+		return slog.NewJSONHandler(w, opts), nil
+	}
+	return nil, fmt.Errorf("invalid --log-format %q: want text or json", format)
 }
 
 // checkTLS checks which TLS settings go together; the files themselves are

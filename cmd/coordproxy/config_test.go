@@ -66,6 +66,8 @@ func TestRun_invalidConfigurationExitsWithOneLine(t *testing.T) {
 		{"listen without port", []string{"--listen", "localhost"}, nil, 2, `invalid --listen "localhost"`},
 		{"listen port out of range", []string{"--listen", "127.0.0.1:70000"}, nil, 2, `invalid --listen "127.0.0.1:70000"`},
 		{"log level", []string{"--log-level", "loud"}, nil, 2, `invalid --log-level "loud"`},
+		{"log format", []string{"--log-format", "logfmt"}, nil, 2, `invalid --log-format "logfmt": want text or json`},
+		{"log format from env", nil, map[string]string{"COORDPROXY_LOG_FORMAT": "JSON"}, 2, `invalid --log-format "JSON": want text or json`},
 		{"namespace without trailing slash", []string{"--namespace", "app1"}, nil, 2, `invalid --namespace "app1": must end in "/"`},
 		{"unknown flag", []string{"--endpoint", "http://a:1"}, nil, 2, "flag provided but not defined: -endpoint"},
 		{"stray argument", []string{"extra"}, nil, 2, `unexpected argument "extra"`},
@@ -159,7 +161,7 @@ func TestRun_helpExitsZero(t *testing.T) {
 	if code := run([]string{"-h"}, &stdout, &stderr); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	for _, flag := range []string{"-endpoints", "-listen", "-data-dir", "-dial-timeout", "-request-timeout", "-shutdown-timeout", "-drain-delay", "-max-etcd-requests", "-log-level", "COORDPROXY_ENDPOINTS",
+	for _, flag := range []string{"-endpoints", "-listen", "-data-dir", "-dial-timeout", "-request-timeout", "-shutdown-timeout", "-drain-delay", "-max-etcd-requests", "-log-level", "-log-format", "COORDPROXY_ENDPOINTS",
 		"-cert-file", "-key-file", "-trusted-ca-file", "-client-cert-auth", "-etcd-cacert", "-etcd-cert", "-etcd-key", "-etcd-username", "-etcd-password", "-etcd-password-file"} {
 		if !strings.Contains(stdout.String(), flag) {
 			t.Errorf("usage lacks %s:\n%s", flag, stdout.String())
