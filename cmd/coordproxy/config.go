@@ -34,6 +34,7 @@ type Config struct {
 	Namespace       string        `envconfig:"NAMESPACE" flag:"namespace" desc:"key prefix, ending in /, under which every key the proxy touches lives (locks, elections, KV, watches); keys in responses come back without it"`
 	LogLevel        string        `envconfig:"LOG_LEVEL" flag:"log-level" default:"info" desc:"debug, info, warn or error"`
 	LogFormat       string        `envconfig:"LOG_FORMAT" flag:"log-format" default:"text" desc:"text (key=value) or json, one record a line"`
+	Pprof           bool          `envconfig:"PPROF" flag:"pprof" default:"false" desc:"serve Go's runtime profiles (net/http/pprof) under /debug/pprof/ on the listen port"`
 
 	// Named as in proxy.Config, whose FileError names the field: fileError
 	// finds the flag by that name.
@@ -173,6 +174,7 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 		RequestTimeout:  c.RequestTimeout,
 		ShutdownTimeout: c.ShutdownTimeout,
 		DrainDelay:      c.DrainDelay,
+		Pprof:           c.Pprof,
 		MaxEtcdRequests: c.MaxEtcdRequests,
 		Namespace:       c.Namespace,
 		CertFile:        c.CertFile,

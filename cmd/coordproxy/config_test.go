@@ -128,6 +128,7 @@ func TestParseConfig_flagsOverrideEnvironmentOverDefaults(t *testing.T) {
 	t.Setenv("COORDPROXY_REQUEST_TIMEOUT", "7s")
 	t.Setenv("COORDPROXY_ENDPOINTS", "http://a:1, http://b:2")
 	t.Setenv("COORDPROXY_DRAIN_DELAY", "1s")
+	t.Setenv("COORDPROXY_PPROF", "true")
 	c, err := parseConfig([]string{"--listen", "127.0.0.1:2222", "--drain-delay", "5s"}, &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
@@ -136,7 +137,7 @@ func TestParseConfig_flagsOverrideEnvironmentOverDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pc.Listen != "127.0.0.1:2222" || pc.RequestTimeout != 7*time.Second || pc.DialTimeout != 5*time.Second || pc.DrainDelay != 5*time.Second ||
+	if pc.Listen != "127.0.0.1:2222" || pc.RequestTimeout != 7*time.Second || pc.DialTimeout != 5*time.Second || pc.DrainDelay != 5*time.Second || !pc.Pprof ||
 		pc.DataDir != "coordproxy.etcd" || strings.Join(pc.Endpoints, ",") != "http://a:1,http://b:2" {
 		t.Fatalf("config %+v", pc)
 	}
@@ -151,7 +152,7 @@ func TestParseConfig_defaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pc.Listen != "127.0.0.1:23790" || len(pc.Endpoints) != 0 || pc.DataDir != "coordproxy.etcd" || level.String() != "INFO" || pc.DrainDelay != 0 {
+	if pc.Listen != "127.0.0.1:23790" || len(pc.Endpoints) != 0 || pc.DataDir != "coordproxy.etcd" || level.String() != "INFO" || pc.DrainDelay != 0 || pc.Pprof {
 		t.Fatalf("defaults %+v level %v", pc, level)
 	}
 }
@@ -161,7 +162,7 @@ func TestRun_helpExitsZero(t *testing.T) {
 	if code := run([]string{"-h"}, &stdout, &stderr); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	for _, flag := range []string{"-endpoints", "-listen", "-data-dir", "-dial-timeout", "-request-timeout", "-shutdown-timeout", "-drain-delay", "-max-etcd-requests", "-log-level", "-log-format", "COORDPROXY_ENDPOINTS",
+	for _, flag := range []string{"-endpoints", "-listen", "-data-dir", "-dial-timeout", "-request-timeout", "-shutdown-timeout", "-drain-delay", "-max-etcd-requests", "-log-level", "-log-format", "-pprof", "COORDPROXY_ENDPOINTS",
 		"-cert-file", "-key-file", "-trusted-ca-file", "-client-cert-auth", "-etcd-cacert", "-etcd-cert", "-etcd-key", "-etcd-username", "-etcd-password", "-etcd-password-file"} {
 		if !strings.Contains(stdout.String(), flag) {
 			t.Errorf("usage lacks %s:\n%s", flag, stdout.String())
