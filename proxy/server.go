@@ -222,6 +222,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	etcdErrs := newEtcdErrors(s.cfg.Registry)
 	s.client, err = clientv3.New(clientv3.Config{
 		Endpoints:            endpoints,
 		DialTimeout:          s.cfg.DialTimeout,
@@ -234,7 +235,12 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		TLS:                  etcdTLS,
 		Username:             s.cfg.EtcdUsername,
 		Password:             s.cfg.EtcdPassword,
-		DialOptions:          []grpc.DialOption{grpc.WithChainUnaryInterceptor(newEtcdLimiter(s.cfg.MaxEtcdRequests, s.cfg.Registry).unary)},
+		// The limiter comes first, so that only requests that reach etcd
+		// are judged for errors.
+		DialOptions: []grpc.DialOption{
+			grpc.WithChainUnaryInterceptor(newEtcdLimiter(s.cfg.MaxEtcdRequests, s.cfg.Registry).unary, etcdErrs.unary),
+			grpc.WithChainStreamInterceptor(etcdErrs.stream),
+		},
 	})
 	if err != nil {
 		return fmt.Errorf("etcd client: %w", err)
