@@ -18,15 +18,6 @@ import (
 // root is the repository's top directory, seen from this package's.
 const root = ".."
 
-// pendingVars are read by coordproxy once parallel changes land; they may be
-// used in packaging files before cmd/coordproxy/config.go declares them.
-// Their defaults are unknown here, so a file that relies on one sets it.
-//
-// added by the drain change; remove once config.go has it
-var pendingVars = map[string]bool{
-	"COORDPROXY_DRAIN_DELAY": true,
-}
-
 // proxyVars maps every environment variable coordproxy reads to its default
 // (empty if none), as declared by the envconfig and default tags of the
 // structs in cmd/coordproxy/config.go and its envPrefix constant.
@@ -80,21 +71,21 @@ func proxyVars(t *testing.T) map[string]string {
 }
 
 // setting is the value coordproxy uses for variable name when its
-// environment is env: env's value, else config.go's default, else "" (and
-// false) for a pending variable left unset.
+// environment is env: env's value, else config.go's default (false if it has
+// none).
 func setting(t *testing.T, env map[string]string, name string) (string, bool) {
 	t.Helper()
 	if v, ok := env[name]; ok {
 		return v, true
 	}
 	def, ok := proxyVars(t)[name]
-	if !ok && !pendingVars[name] {
+	if !ok {
 		t.Fatalf("coordproxy reads no variable %s", name)
 	}
 	return def, ok && def != ""
 }
 
-// durationSetting is setting for a duration; an unset pending variable is 0.
+// durationSetting is setting for a duration; a variable without a value is 0.
 func durationSetting(t *testing.T, env map[string]string, name string) time.Duration {
 	t.Helper()
 	v, ok := setting(t, env, name)
@@ -112,11 +103,6 @@ var varPattern = regexp.MustCompile(`COORDPROXY_[A-Z0-9_]+`)
 
 func TestPackaging_usesOnlyVariablesCoordproxyReads(t *testing.T) {
 	known := proxyVars(t)
-	for v := range pendingVars {
-		if _, ok := known[v]; ok {
-			t.Logf("%s is declared in config.go now: remove it from pendingVars", v)
-		}
-	}
 	files := []string{filepath.Join(root, "Dockerfile"), filepath.Join(root, "docker-compose.yml")}
 	for _, glob := range []string{"compose/*", "kubernetes/*.yaml"} {
 		m, err := filepath.Glob(glob)
@@ -134,7 +120,7 @@ func TestPackaging_usesOnlyVariablesCoordproxyReads(t *testing.T) {
 		for i, line := range strings.Split(string(data), "\n") {
 			for _, v := range varPattern.FindAllString(line, -1) {
 				found[v] = true
-				if _, ok := known[v]; !ok && !pendingVars[v] {
+				if _, ok := known[v]; !ok {
 					t.Errorf("%s:%d: %s is not a variable coordproxy reads (config.go has %v)", f, i+1, v, keys(known))
 				}
 			}

@@ -65,7 +65,7 @@ func (s *Server) Campaign(ctx context.Context, req *epb.CampaignRequest) (*epb.C
 		return nil, err
 	}
 	if kvs := first.Kvs; len(kvs) == 0 || string(kvs[0].Key) != key || kvs[0].CreateRevision != rev {
-		if _, err := s.b.Wait(ctx, name, key, rev); err != nil {
+		if _, err := s.b.Wait(ctx, lockproxy.ServiceElection, name, key, rev); err != nil {
 			return nil, err
 		}
 	}

@@ -221,15 +221,17 @@ func (b *Backend) NoteLease0(rpc, name, what string, attrs ...any) {
 // with that create revision (the post-wait ownership check). It returns that
 // read's header. If the wait fails for any reason other than the key being
 // gone, key is removed so that no ghost waiter blocks the queue.
-func (b *Backend) Wait(ctx context.Context, name, key string, rev int64) (*pb.ResponseHeader, error) {
+// service (ServiceLock or ServiceElection) labels the waiters gauge.
+func (b *Backend) Wait(ctx context.Context, service, name, key string, rev int64) (*pb.ResponseHeader, error) {
 	ctx, cancel := b.WithStop(ctx)
 	defer cancel()
 
-	b.metrics.Waiting.Inc()
+	waiting := b.metrics.Waiting.WithLabelValues(service)
+	waiting.Inc()
 	q := b.Queues.Acquire(Prefix(name))
 	err := q.WaitTurn(ctx, key, rev)
 	b.Queues.Release(q)
-	b.metrics.Waiting.Dec()
+	waiting.Dec()
 
 	if errors.Is(err, errKeyGone) {
 		return nil, concurrency.ErrSessionExpired

@@ -25,7 +25,7 @@ func (s *Server) Lock(ctx context.Context, req *v3lockpb.LockRequest) (*v3lockpb
 		return nil, err
 	}
 	if !a.owner {
-		hdr, err := s.b.Wait(ctx, name, key, a.rev)
+		hdr, err := s.b.Wait(ctx, ServiceLock, name, key, a.rev)
 		if err != nil {
 			return nil, err
 		}

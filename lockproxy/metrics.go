@@ -2,11 +2,17 @@ package lockproxy
 
 import "github.com/prometheus/client_golang/prometheus"
 
-// Metrics are the counters the Lock and Election services keep.
+// Services label the gauges by the API whose calls they count.
+const (
+	ServiceLock     = "lock"
+	ServiceElection = "election"
+)
+
+// Metrics are the counters and gauges the Lock and Election services keep.
 type Metrics struct {
 	Lease0   *prometheus.CounterVec
 	Cleanups *prometheus.CounterVec
-	Waiting  prometheus.Gauge
+	Waiting  *prometheus.GaugeVec
 }
 
 // NewMetrics creates the metrics and registers them with reg, if not nil.
@@ -22,11 +28,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name:      "waiter_cleanups_total",
 			Help:      "Attempts to delete the key of a waiter whose call ended without the lock or leadership, by result.",
 		}, []string{"result"}),
-		Waiting: prometheus.NewGauge(prometheus.GaugeOpts{
+		Waiting: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "coordproxy",
 			Name:      "waiters",
-			Help:      "Lock and Campaign calls waiting for their turn.",
-		}),
+			Help:      "Lock (service=lock) and Campaign (service=election) calls to this proxy waiting in the queue for their turn.",
+		}, []string{"service"}),
+	}
+	for _, svc := range []string{ServiceLock, ServiceElection} {
+		m.Waiting.WithLabelValues(svc)
 	}
 	if reg != nil {
 		reg.MustRegister(m.Lease0, m.Cleanups, m.Waiting)

@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	gw "github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -81,7 +82,8 @@ type wsLogger struct{ log *slog.Logger }
 func (w wsLogger) Warnln(v ...any)  { w.log.Warn(fmt.Sprint(v...), "component", "gateway") }
 func (w wsLogger) Debugln(v ...any) { w.log.Debug(fmt.Sprint(v...), "component", "gateway") }
 
-// httpMux serves the JSON gateway under /v3/, /healthz, /readyz and /metrics.
+// httpMux serves the JSON gateway under /v3/, /healthz, /readyz, /metrics,
+// and with Config.Pprof Go's profiles under /debug/pprof/.
 func (s *Server) httpMux(gateway http.Handler) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("/v3/", gateway)
@@ -96,6 +98,15 @@ func (s *Server) httpMux(gateway http.Handler) *http.ServeMux {
 		writeJSON(w, http.StatusOK, healthBody{Status: "ok"})
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{Registry: s.cfg.Registry}))
+	if s.cfg.Pprof {
+		// As net/http/pprof registers them on http.DefaultServeMux, which
+		// the proxy does not serve.
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	return mux
 }
 

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/soheilhy/cmux"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
@@ -44,6 +47,14 @@ type Config struct {
 	RequestTimeout time.Duration
 	// ShutdownTimeout bounds the graceful stop before it is forced.
 	ShutdownTimeout time.Duration
+	// DrainDelay is how long Shutdown keeps serving new calls after /readyz
+	// turned 503 and gRPC health NOT_SERVING, so that load balancers stop
+	// sending calls here before they would be refused. It counts within the
+	// shutdown bound.
+	DrainDelay time.Duration
+	// Pprof serves net/http/pprof under /debug/pprof/ on the HTTP side of
+	// the port.
+	Pprof bool
 	// Logger receives the proxy's logs; nil discards them.
 	Logger *slog.Logger
 	// Registry receives the proxy's metrics; nil makes a private one.
@@ -118,6 +129,9 @@ type Server struct {
 	inproc   *bufconn.Listener // the gateway's way into the gRPC server
 	gwConn   *grpc.ClientConn
 	draining atomic.Bool
+	endDrain chan struct{} // closed to end the drain delay early (tests)
+	refusing chan struct{} // closed when the drain delay is over
+	refuse   sync.Once
 	serveErr chan error
 }
 
@@ -148,7 +162,7 @@ func New(cfg Config) *Server {
 	if cfg.MaxEtcdRequests <= 0 {
 		cfg.MaxEtcdRequests = defaultMaxEtcdReqs
 	}
-	return &Server{cfg: cfg, log: cfg.Logger, serveErr: make(chan error, 1)}
+	return &Server{cfg: cfg, log: cfg.Logger, serveErr: make(chan error, 1), endDrain: make(chan struct{}), refusing: make(chan struct{})}
 }
 
 // Run starts the server, serves until ctx is done, then stops gracefully
@@ -208,6 +222,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	etcdErrs := newEtcdErrors(s.cfg.Registry)
 	s.client, err = clientv3.New(clientv3.Config{
 		Endpoints:            endpoints,
 		DialTimeout:          s.cfg.DialTimeout,
@@ -220,7 +235,13 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		TLS:                  etcdTLS,
 		Username:             s.cfg.EtcdUsername,
 		Password:             s.cfg.EtcdPassword,
-		DialOptions:          []grpc.DialOption{grpc.WithChainUnaryInterceptor(newEtcdLimiter(s.cfg.MaxEtcdRequests, s.cfg.Registry).unary, noLeaderIsFinal)},
+		// The limiter comes first, so that only requests that reach etcd
+		// are judged for errors; etcdErrs sees etcd's status before
+		// noLeaderIsFinal turns "no leader" into the client's value.
+		DialOptions: []grpc.DialOption{
+			grpc.WithChainUnaryInterceptor(newEtcdLimiter(s.cfg.MaxEtcdRequests, s.cfg.Registry).unary, noLeaderIsFinal, etcdErrs.unary),
+			grpc.WithChainStreamInterceptor(etcdErrs.stream),
+		},
 	})
 	if err != nil {
 		return fmt.Errorf("etcd client: %w", err)
@@ -240,8 +261,8 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(maxRequestBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime}),
-		grpc.ChainUnaryInterceptor(rpcMetrics.UnaryServerInterceptor(), overrun.unary, serviceErrUnary, forwardUnary),
-		grpc.ChainStreamInterceptor(rpcMetrics.StreamServerInterceptor(), overrun.stream, serviceErrStream, forwardStream),
+		grpc.ChainUnaryInterceptor(rpcMetrics.UnaryServerInterceptor(), s.refuseUnary, overrun.unary, serviceErrUnary, forwardUnary),
+		grpc.ChainStreamInterceptor(rpcMetrics.StreamServerInterceptor(), s.refuseStream, overrun.stream, serviceErrStream, forwardStream),
 	)
 	v3lockpb.RegisterLockServer(s.grpc, lockproxy.New(s.backend))
 	v3electionpb.RegisterElectionServer(s.grpc, electionproxy.New(s.backend))
@@ -321,14 +342,30 @@ func (s *Server) Client() *clientv3.Client { return s.client }
 // Registry holds the proxy's metrics.
 func (s *Server) Registry() *prometheus.Registry { return s.cfg.Registry }
 
-// Shutdown stops the server: no new calls, in-flight unary calls finish,
+// Shutdown stops the server in steps. First /readyz answers 503 and every
+// gRPC health service NOT_SERVING, while calls are still served for the
+// drain delay so that load balancers notice and send new calls elsewhere.
+// Then new calls are refused with Unavailable, in-flight unary calls finish,
 // waiting Lock and Campaign calls remove their keys and answer Unavailable,
-// streams end. What is still running when ctx is done is cut off. Then the
-// etcd client and, in dev mode, the embedded etcd are closed.
+// streams end; what is still running when ctx is done is cut off. Keys that
+// clients hold stay: they belong to the clients' leases. Last the etcd
+// client and, in dev mode, the embedded etcd are closed. ctx bounds the
+// whole sequence, drain delay included.
 func (s *Server) Shutdown(ctx context.Context) {
-	s.log.Info("stopping")
 	s.draining.Store(true)
 	s.health.Shutdown() // every service NOT_SERVING
+	if d := s.cfg.DrainDelay; d > 0 {
+		s.log.Info("draining: /readyz answers 503 and health NOT_SERVING; still serving", "drain_delay", d)
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-s.endDrain:
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
+	s.log.Info("stopping: new calls are refused")
+	s.refuse.Do(func() { close(s.refusing) })
 	stopped := make(chan struct{})
 	go func() {
 		s.grpc.GracefulStop()
@@ -353,6 +390,33 @@ func (s *Server) Shutdown(ctx context.Context) {
 	s.lis.Close()
 	s.closeBackends(ctx)
 	s.log.Info("stopped")
+}
+
+// refuseUnary and refuseStream answer new calls Unavailable once the drain
+// delay is over, as a stopping etcd member does: clients connected before the
+// listener closed learn at once to go elsewhere. Health checks still answer,
+// NOT_SERVING.
+func (s *Server) refuseUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if s.refused(info.FullMethod) {
+		return nil, rpctypes.ErrGRPCStopped
+	}
+	return handler(ctx, req)
+}
+
+func (s *Server) refuseStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if s.refused(info.FullMethod) {
+		return rpctypes.ErrGRPCStopped
+	}
+	return handler(srv, ss)
+}
+
+func (s *Server) refused(method string) bool {
+	select {
+	case <-s.refusing:
+		return !strings.HasPrefix(method, "/"+healthpb.Health_ServiceDesc.ServiceName+"/")
+	default:
+		return false
+	}
 }
 
 // closeBackends gives pending cleanups until ctx is done.

@@ -28,10 +28,13 @@ type Config struct {
 	DataDir         string        `envconfig:"DATA_DIR" flag:"data-dir" default:"coordproxy.etcd" desc:"data directory of the embedded etcd (dev mode only)"`
 	DialTimeout     time.Duration `envconfig:"DIAL_TIMEOUT" flag:"dial-timeout" default:"5s" desc:"bound for connecting to etcd"`
 	RequestTimeout  time.Duration `envconfig:"REQUEST_TIMEOUT" flag:"request-timeout" default:"5s" desc:"bound for every etcd call the proxy makes on its own (cleanup of abandoned waiters, watch snapshots)"`
-	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" default:"10s" desc:"bound for the graceful stop on SIGINT/SIGTERM before it is forced"`
+	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" default:"10s" desc:"bound for the graceful stop on SIGINT/SIGTERM, drain delay included, before it is forced"`
+	DrainDelay      time.Duration `envconfig:"DRAIN_DELAY" flag:"drain-delay" default:"0s" desc:"on SIGINT/SIGTERM, how long to keep serving with /readyz 503 and health NOT_SERVING before refusing new calls; behind a load balancer, more than its health-check interval times its failure threshold; shorter than --shutdown-timeout"`
 	MaxEtcdRequests int           `envconfig:"MAX_ETCD_REQUESTS" flag:"max-etcd-requests" default:"128" desc:"most unary etcd requests in flight at once; more calls wait in the proxy instead of overloading etcd"`
 	Namespace       string        `envconfig:"NAMESPACE" flag:"namespace" desc:"key prefix, ending in /, under which every key the proxy touches lives (locks, elections, KV, watches); keys in responses come back without it"`
 	LogLevel        string        `envconfig:"LOG_LEVEL" flag:"log-level" default:"info" desc:"debug, info, warn or error"`
+	LogFormat       string        `envconfig:"LOG_FORMAT" flag:"log-format" default:"text" desc:"text (key=value) or json, one record a line"`
+	Pprof           bool          `envconfig:"PPROF" flag:"pprof" default:"false" desc:"serve Go's runtime profiles (net/http/pprof) under /debug/pprof/ on the listen port"`
 
 	// Named as in proxy.Config, whose FileError names the field: fileError
 	// finds the flag by that name.
@@ -123,6 +126,9 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 	if err := level.UnmarshalText([]byte(c.LogLevel)); err != nil {
 		return proxy.Config{}, 0, fmt.Errorf("invalid --log-level %q: want debug, info, warn or error", c.LogLevel)
 	}
+	if _, err := newLogHandler(c.LogFormat, io.Discard, level); err != nil {
+		return proxy.Config{}, 0, err
+	}
 	endpoints, err := parseEndpoints(c.Endpoints)
 	if err != nil {
 		return proxy.Config{}, 0, err
@@ -137,6 +143,12 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 		if d.v <= 0 {
 			return proxy.Config{}, 0, fmt.Errorf("invalid --%s %s: must be positive", d.name, d.v)
 		}
+	}
+	switch {
+	case c.DrainDelay < 0:
+		return proxy.Config{}, 0, fmt.Errorf("invalid --drain-delay %s: must not be negative", c.DrainDelay)
+	case c.DrainDelay >= c.ShutdownTimeout:
+		return proxy.Config{}, 0, fmt.Errorf("invalid --drain-delay %s: must be shorter than --shutdown-timeout %s, which includes it", c.DrainDelay, c.ShutdownTimeout)
 	}
 	if c.MaxEtcdRequests <= 0 {
 		return proxy.Config{}, 0, fmt.Errorf("invalid --max-etcd-requests %d: must be positive", c.MaxEtcdRequests)
@@ -161,6 +173,8 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 		DialTimeout:     c.DialTimeout,
 		RequestTimeout:  c.RequestTimeout,
 		ShutdownTimeout: c.ShutdownTimeout,
+		DrainDelay:      c.DrainDelay,
+		Pprof:           c.Pprof,
 		MaxEtcdRequests: c.MaxEtcdRequests,
 		Namespace:       c.Namespace,
 		CertFile:        c.CertFile,
@@ -182,6 +196,18 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 		return proxy.Config{}, 0, fileError(err)
 	}
 	return pc, level, nil
+}
+
+// newLogHandler is log/slog's handler for --log-format, writing to w.
+func newLogHandler(format string, w io.Writer, level slog.Level) (slog.Handler, error) {
+	opts := &slog.HandlerOptions{Level: level}
+	switch format {
+	case "text":
+		return slog.NewTextHandler(w, opts), nil
+	case "json":
+		return slog.NewJSONHandler(w, opts), nil
+	}
+	return nil, fmt.Errorf("invalid --log-format %q: want text or json", format)
 }
 
 // checkTLS checks which TLS settings go together; the files themselves are

@@ -58,11 +58,16 @@ func TestRun_invalidConfigurationExitsWithOneLine(t *testing.T) {
 		{"bad duration env", nil, map[string]string{"COORDPROXY_REQUEST_TIMEOUT": "soon"}, 2, `invalid COORDPROXY_REQUEST_TIMEOUT="soon"`},
 		{"zero timeout", []string{"--request-timeout", "0s"}, nil, 2, "invalid --request-timeout 0s: must be positive"},
 		{"negative timeout", []string{"--shutdown-timeout", "-1s"}, nil, 2, "invalid --shutdown-timeout -1s: must be positive"},
+		{"negative drain delay", []string{"--drain-delay", "-1s"}, nil, 2, "invalid --drain-delay -1s: must not be negative"},
+		{"drain delay as long as shutdown timeout", nil, map[string]string{"COORDPROXY_DRAIN_DELAY": "10s"}, 2, "invalid --drain-delay 10s: must be shorter than --shutdown-timeout 10s, which includes it"},
+		{"bad drain delay env", nil, map[string]string{"COORDPROXY_DRAIN_DELAY": "later"}, 2, `invalid COORDPROXY_DRAIN_DELAY="later"`},
 		{"no etcd requests allowed", []string{"--max-etcd-requests", "0"}, nil, 2, "invalid --max-etcd-requests 0: must be positive"},
 		{"bad number env", nil, map[string]string{"COORDPROXY_MAX_ETCD_REQUESTS": "many"}, 2, `invalid COORDPROXY_MAX_ETCD_REQUESTS="many"`},
 		{"listen without port", []string{"--listen", "localhost"}, nil, 2, `invalid --listen "localhost"`},
 		{"listen port out of range", []string{"--listen", "127.0.0.1:70000"}, nil, 2, `invalid --listen "127.0.0.1:70000"`},
 		{"log level", []string{"--log-level", "loud"}, nil, 2, `invalid --log-level "loud"`},
+		{"log format", []string{"--log-format", "logfmt"}, nil, 2, `invalid --log-format "logfmt": want text or json`},
+		{"log format from env", nil, map[string]string{"COORDPROXY_LOG_FORMAT": "JSON"}, 2, `invalid --log-format "JSON": want text or json`},
 		{"namespace without trailing slash", []string{"--namespace", "app1"}, nil, 2, `invalid --namespace "app1": must end in "/"`},
 		{"unknown flag", []string{"--endpoint", "http://a:1"}, nil, 2, "flag provided but not defined: -endpoint"},
 		{"stray argument", []string{"extra"}, nil, 2, `unexpected argument "extra"`},
@@ -122,7 +127,9 @@ func TestParseConfig_flagsOverrideEnvironmentOverDefaults(t *testing.T) {
 	t.Setenv("COORDPROXY_LISTEN", "127.0.0.1:1111")
 	t.Setenv("COORDPROXY_REQUEST_TIMEOUT", "7s")
 	t.Setenv("COORDPROXY_ENDPOINTS", "http://a:1, http://b:2")
-	c, err := parseConfig([]string{"--listen", "127.0.0.1:2222"}, &bytes.Buffer{})
+	t.Setenv("COORDPROXY_DRAIN_DELAY", "1s")
+	t.Setenv("COORDPROXY_PPROF", "true")
+	c, err := parseConfig([]string{"--listen", "127.0.0.1:2222", "--drain-delay", "5s"}, &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +137,7 @@ func TestParseConfig_flagsOverrideEnvironmentOverDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pc.Listen != "127.0.0.1:2222" || pc.RequestTimeout != 7*time.Second || pc.DialTimeout != 5*time.Second ||
+	if pc.Listen != "127.0.0.1:2222" || pc.RequestTimeout != 7*time.Second || pc.DialTimeout != 5*time.Second || pc.DrainDelay != 5*time.Second || !pc.Pprof ||
 		pc.DataDir != "coordproxy.etcd" || strings.Join(pc.Endpoints, ",") != "http://a:1,http://b:2" {
 		t.Fatalf("config %+v", pc)
 	}
@@ -145,7 +152,7 @@ func TestParseConfig_defaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pc.Listen != "127.0.0.1:23790" || len(pc.Endpoints) != 0 || pc.DataDir != "coordproxy.etcd" || level.String() != "INFO" {
+	if pc.Listen != "127.0.0.1:23790" || len(pc.Endpoints) != 0 || pc.DataDir != "coordproxy.etcd" || level.String() != "INFO" || pc.DrainDelay != 0 || pc.Pprof {
 		t.Fatalf("defaults %+v level %v", pc, level)
 	}
 }
@@ -155,7 +162,7 @@ func TestRun_helpExitsZero(t *testing.T) {
 	if code := run([]string{"-h"}, &stdout, &stderr); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	for _, flag := range []string{"-endpoints", "-listen", "-data-dir", "-dial-timeout", "-request-timeout", "-shutdown-timeout", "-max-etcd-requests", "-log-level", "COORDPROXY_ENDPOINTS",
+	for _, flag := range []string{"-endpoints", "-listen", "-data-dir", "-dial-timeout", "-request-timeout", "-shutdown-timeout", "-drain-delay", "-max-etcd-requests", "-log-level", "-log-format", "-pprof", "COORDPROXY_ENDPOINTS",
 		"-cert-file", "-key-file", "-trusted-ca-file", "-client-cert-auth", "-etcd-cacert", "-etcd-cert", "-etcd-key", "-etcd-username", "-etcd-password", "-etcd-password-file"} {
 		if !strings.Contains(stdout.String(), flag) {
 			t.Errorf("usage lacks %s:\n%s", flag, stdout.String())

@@ -43,6 +43,7 @@ type Main struct {
 	Stdout, Stderr io.Writer
 	Config         proxy.Config
 	Level          slog.Level
+	LogFormat      string // text or json
 }
 
 // ParseFlags reads the configuration from the environment and args and
@@ -52,13 +53,18 @@ func (m *Main) ParseFlags(args []string) error {
 	if err != nil {
 		return err
 	}
+	m.LogFormat = c.LogFormat
 	m.Config, m.Level, err = c.proxyConfig()
 	return err
 }
 
 // Run serves until ctx is done.
 func (m *Main) Run(ctx context.Context) error {
-	m.Config.Logger = slog.New(slog.NewTextHandler(m.Stderr, &slog.HandlerOptions{Level: m.Level}))
+	h, err := newLogHandler(m.LogFormat, m.Stderr, m.Level)
+	if err != nil {
+		return err
+	}
+	m.Config.Logger = slog.New(h)
 	return proxy.New(m.Config).Run(ctx)
 }
 

@@ -1,0 +1,100 @@
+package proxy_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coordproxy/coordproxy/proxy"
+	"github.com/coordproxy/coordproxy/proxy/proxytest"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	epb "go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
+	"google.golang.org/grpc/status"
+)
+
+func TestMetrics_etcdErrorsCountedByCode(t *testing.T) {
+	env := proxytest.New(t, proxy.Config{})
+	ctx := proxytest.Ctx(t)
+	notFound := map[string]string{"code": "NotFound"}
+	before := env.Metric(t, "coordproxy_etcd_errors_total", notFound)
+	_, err := env.Lock.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("m"), Lease: 0x7e57})
+	// etcd answered the proxy's transaction NotFound; the caller gets what
+	// etcd's own Lock service answers, with etcd's text.
+	if err == nil || !strings.Contains(status.Convert(err).Message(), rpctypes.ErrLeaseNotFound.Error()) {
+		t.Fatalf("Lock with an unknown lease: %v; want %q", err, rpctypes.ErrLeaseNotFound)
+	}
+	if after := env.Metric(t, "coordproxy_etcd_errors_total", notFound); after <= before {
+		t.Errorf("coordproxy_etcd_errors_total{code=NotFound} %v after etcd answered NotFound, was %v", after, before)
+	}
+	if ok := env.Metric(t, "coordproxy_etcd_errors_total", map[string]string{"code": "OK"}); ok != 0 {
+		t.Errorf("successes counted as errors: %v", ok)
+	}
+}
+
+func TestMetrics_waitersFollowTheQueueByService(t *testing.T) {
+	env := proxytest.New(t, proxy.Config{})
+	ctx := proxytest.Ctx(t)
+	gauge := func(name, service string) float64 {
+		return env.Metric(t, "coordproxy_"+name, map[string]string{"service": service})
+	}
+	waitGauge := func(name, service string, want float64) {
+		t.Helper()
+		proxytest.WaitFor(t, 30*time.Second, func() (bool, string) {
+			got := gauge(name, service)
+			return got == want, name + "{service=" + service + "} is not what it should be"
+		})
+	}
+
+	// Lock: a holder, a waiter, the hand-over by Unlock.
+	first, second := env.Grant(t, 600), env.Grant(t, 600)
+	held, err := env.Lock.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("m"), Lease: first})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := gauge("waiters", "lock"); w != 0 {
+		t.Fatalf("after one Lock: waiters %v; want 0", w)
+	}
+	waiter := make(chan error, 1)
+	go func() {
+		_, err := env.Lock.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("m"), Lease: second})
+		waiter <- err
+	}()
+	waitGauge("waiters", "lock", 1)
+	if _, err := env.Lock.Unlock(ctx, &v3lockpb.UnlockRequest{Key: held.Key}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-waiter; err != nil {
+		t.Fatal(err)
+	}
+	if w := gauge("waiters", "lock"); w != 0 {
+		t.Errorf("waiters %v after the waiter got the lock; want 0", w)
+	}
+
+	// Election: a leader, a waiting candidate, Resign.
+	l1, l2 := env.Grant(t, 600), env.Grant(t, 600)
+	leader, err := env.Election.Campaign(ctx, &epb.CampaignRequest{Name: []byte("e"), Lease: l1, Value: []byte("a")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	candidate := make(chan *epb.CampaignResponse, 1)
+	go func() {
+		r, err := env.Election.Campaign(ctx, &epb.CampaignRequest{Name: []byte("e"), Lease: l2, Value: []byte("b")})
+		if err != nil {
+			t.Error(err)
+		}
+		candidate <- r
+	}()
+	waitGauge("waiters", "election", 1)
+	if g := gauge("waiters", "lock"); g != 0 {
+		t.Errorf("a waiting Campaign counted under service=lock: %v", g)
+	}
+	if _, err := env.Election.Resign(ctx, &epb.ResignRequest{Leader: leader.Leader}); err != nil {
+		t.Fatal(err)
+	}
+	next := <-candidate
+	if next == nil {
+		t.FailNow()
+	}
+	waitGauge("waiters", "election", 0)
+}
