@@ -3,10 +3,13 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
@@ -142,6 +145,7 @@ func TestHasLeader_callsAndStreamsEndWithNoLeaderAsOnEtcd(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	unavailableBefore := etcdErrors(t, p.addr, "Unavailable")
 	for _, cl := range calls {
 		var got []string
 		for _, tg := range targets {
@@ -154,4 +158,35 @@ func TestHasLeader_callsAndStreamsEndWithNoLeaderAsOnEtcd(t *testing.T) {
 			t.Errorf("%s with hasleader and no leader: %v, want both %s", cl.name, got, want)
 		}
 	}
+	// Each refusal is etcd's answer to one request: the proxy's etcd client
+	// does not retry it (it would retry the Range alone up to 100 times).
+	// The count also holds the proxy's own require-leader watch asking
+	// again, at most once a second, hence the margin.
+	if n := etcdErrors(t, p.addr, "Unavailable") - unavailableBefore; n >= 50 {
+		t.Errorf("the proxy sent etcd %v requests that etcd refused for want of a leader, for %d calls", n, len(calls))
+	}
+}
+
+// etcdErrors reads coordproxy_etcd_errors_total{code} from a proxy's /metrics.
+func etcdErrors(t *testing.T, addr, code string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n float64
+	for _, m := range families["coordproxy_etcd_errors_total"].GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "code" && l.GetValue() == code {
+				n += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return n
 }

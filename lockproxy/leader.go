@@ -59,10 +59,14 @@ func (l *leaderWatch) Lost() <-chan struct{} {
 
 func (l *leaderWatch) run() {
 	ctx := clientv3.WithRequireLeader(l.ctx)
+	// While etcd has no leader, each attempt is refused at once: ask again
+	// soon, then at most once a second.
+	bo := newBackoff(100*time.Millisecond, time.Second)
 	for ctx.Err() == nil {
 		wch := l.w.Watch(ctx, leaderWatchKey, clientv3.WithRev(math.MaxInt64-2), clientv3.WithCreatedNotify())
 		if resp, ok := <-wch; ok && resp.Created && resp.Err() == nil {
 			l.found()
+			bo = newBackoff(100*time.Millisecond, time.Second)
 			for range wch {
 				// Anything after the creation ends the watch.
 			}
@@ -73,7 +77,7 @@ func (l *leaderWatch) run() {
 		l.lose()
 		select {
 		case <-ctx.Done():
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(bo.next()):
 		}
 	}
 }
