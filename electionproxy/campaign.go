@@ -25,7 +25,7 @@ func (s *Server) Campaign(ctx context.Context, req *epb.CampaignRequest) (*epb.C
 	key := lockproxy.OwnerKey(name, lease)
 
 	resp, err := s.b.Acquire(ctx, func(ctx context.Context) (*clientv3.TxnResponse, error) {
-		return s.b.Client.Txn(ctx).
+		return s.b.For(ctx).Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 			Then(clientv3.OpPut(key, val, clientv3.WithLease(lease))).
 			Else(clientv3.OpGet(key)).
@@ -42,7 +42,7 @@ func (s *Server) Campaign(ctx context.Context, req *epb.CampaignRequest) (*epb.C
 		rev = kv.CreateRevision
 		if string(kv.Value) != val {
 			tctx, cancel := s.b.Detached(ctx)
-			presp, err := s.b.Client.Txn(tctx).
+			presp, err := s.b.For(tctx).Txn(tctx).
 				If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
 				Then(clientv3.OpPut(key, val, clientv3.WithLease(lease))).
 				Commit()
@@ -59,7 +59,7 @@ func (s *Server) Campaign(ctx context.Context, req *epb.CampaignRequest) (*epb.C
 	// Leader at once if no older candidate exists, as concurrency's own
 	// first read finds; the read is linearizable and shows our key, so it is
 	// also the ownership check. Otherwise wait in the queue.
-	first, err := s.b.Client.Get(ctx, lockproxy.Prefix(name), clientv3.WithFirstCreate()...)
+	first, err := s.b.For(ctx).Get(ctx, lockproxy.Prefix(name), clientv3.WithFirstCreate()...)
 	if err != nil {
 		s.b.Abandon(key, rev)
 		return nil, err

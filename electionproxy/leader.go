@@ -14,7 +14,7 @@ func (s *Server) Leader(ctx context.Context, req *epb.LeaderRequest) (*epb.Leade
 	if len(req.Name) == 0 {
 		return nil, errNameMissing
 	}
-	resp, err := s.b.Client.Get(ctx, lockproxy.Prefix(string(req.Name)), clientv3.WithFirstCreate()...)
+	resp, err := s.b.For(ctx).Get(ctx, lockproxy.Prefix(string(req.Name)), clientv3.WithFirstCreate()...)
 	if err != nil {
 		return nil, err
 	}

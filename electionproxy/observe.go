@@ -33,7 +33,7 @@ func (s *Server) Observe(req *epb.LeaderRequest, stream epb.Election_ObserveServ
 	// The first answer is a linearizable read taken after the observer was
 	// registered: every change after it arrives on o, earlier ones are
 	// skipped by revision.
-	resp, err := s.b.Client.Get(ctx, pfx, clientv3.WithFirstCreate()...)
+	resp, err := s.b.For(ctx).Get(ctx, pfx, clientv3.WithFirstCreate()...)
 	if err != nil {
 		return s.b.CallErr(ctx, err)
 	}

@@ -23,7 +23,7 @@ func (s *Server) Proclaim(ctx context.Context, req *epb.ProclaimRequest) (*epb.P
 		s.b.NoteLease0("Proclaim", string(lk.Name), "kept the leader key's own lease")
 		leaseOpt = clientv3.WithIgnoreLease()
 	}
-	resp, err := s.b.Client.Txn(ctx).
+	resp, err := s.b.For(ctx).Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", lk.Rev)).
 		Then(clientv3.OpPut(key, string(req.Value), leaseOpt)).
 		Commit()

@@ -11,6 +11,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+	"google.golang.org/grpc/metadata"
 )
 
 // Lease0TTL is the TTL of the lease granted for a call that names lease 0.
@@ -30,13 +31,18 @@ type Options struct {
 	ObserveBuffer int
 	Logger        *slog.Logger
 	Metrics       *Metrics
+	// Callers, if set, is a client without the proxy's etcd credentials,
+	// for requests that carry a caller's own etcd token (see For).
+	Callers *clientv3.Client
 }
 
 // Backend is what the Lock and Election services share: the etcd client, the
 // per-prefix queues, the cleanup of abandoned keys and the lease-0 policy.
 type Backend struct {
 	Client *clientv3.Client
-	Queues *Queues
+	// Callers, if not nil, serves requests that carry a caller's token.
+	Callers *clientv3.Client
+	Queues  *Queues
 	// Leader tells streams that require a leader when etcd loses it.
 	Leader *leaderWatch
 
@@ -78,6 +84,7 @@ func NewBackend(client *clientv3.Client, opts Options) *Backend {
 	stopCtx, stop := context.WithCancel(context.Background())
 	return &Backend{
 		Client:        client,
+		Callers:       opts.Callers,
 		Queues:        NewQueues(client, opts.Logger, opts.RequestTimeout, opts.QueueLinger),
 		timeout:       opts.RequestTimeout,
 		observeBuffer: opts.ObserveBuffer,
@@ -89,6 +96,20 @@ func NewBackend(client *clientv3.Client, opts Options) *Backend {
 		stop:          stop,
 		lease0Seen:    map[string]struct{}{},
 	}
+}
+
+// For is the client for an etcd request made on a caller's behalf. One that
+// carries the caller's own etcd token (forwarded by the proxy as outgoing
+// metadata) goes through Callers, so that etcd judges it as the caller's;
+// with the proxy's credentials on the connection too, etcd would read the
+// proxy's token first. Any other goes through Client.
+func (b *Backend) For(ctx context.Context) *clientv3.Client {
+	if b.Callers != nil {
+		if md, ok := metadata.FromOutgoingContext(ctx); ok && len(md.Get(rpctypes.TokenFieldNameGRPC)) > 0 {
+			return b.Callers
+		}
+	}
+	return b.Client
 }
 
 // Stop cuts every wait short: waiting Lock and Campaign calls remove their
@@ -194,7 +215,7 @@ func (b *Backend) Lease(ctx context.Context, rpc, name string, id int64) (client
 	if id != 0 {
 		return clientv3.LeaseID(id), nil
 	}
-	resp, err := b.Client.Grant(ctx, Lease0TTL)
+	resp, err := b.For(ctx).Grant(ctx, Lease0TTL)
 	if err != nil {
 		return 0, err
 	}
@@ -240,7 +261,7 @@ func (b *Backend) Wait(ctx context.Context, service, name, key string, rev int64
 		b.Abandon(key, rev)
 		return nil, b.CallErr(ctx, err)
 	}
-	resp, err := b.Client.Get(ctx, key)
+	resp, err := b.For(ctx).Get(ctx, key)
 	if err != nil {
 		b.Abandon(key, rev)
 		return nil, b.CallErr(ctx, err)

@@ -53,7 +53,7 @@ func (s *Server) acquire(ctx context.Context, name, key string, lease clientv3.L
 	pfx := Prefix(name)
 	getOwner := clientv3.OpGet(pfx, clientv3.WithFirstCreate()...)
 	resp, err := s.b.Acquire(ctx, func(ctx context.Context) (*clientv3.TxnResponse, error) {
-		return s.b.Client.Txn(ctx).
+		return s.b.For(ctx).Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 			Then(clientv3.OpPut(key, "", clientv3.WithLease(lease)), getOwner).
 			Else(clientv3.OpGet(key), getOwner).

@@ -21,7 +21,7 @@ func (s *Server) Unlock(ctx context.Context, req *v3lockpb.UnlockRequest) (*v3lo
 	if !ok {
 		return nil, errNotOwnerKey
 	}
-	resp, err := s.b.Client.Txn(ctx).
+	resp, err := s.b.For(ctx).Txn(ctx).
 		If(clientv3.Compare(clientv3.LeaseValue(key), "=", lease)).
 		Then(clientv3.OpDelete(key)).
 		Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).

@@ -3,6 +3,8 @@ package proxy
 import (
 	"context"
 
+	"github.com/coordproxy/coordproxy/lockproxy"
+
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -18,11 +20,11 @@ import (
 // etcd's codes back at the service edge (wireErr).
 type kvServer struct {
 	pb.UnimplementedKVServer
-	kv clientv3.KV
+	b *lockproxy.Backend
 }
 
 func (s *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
-	resp, err := s.kv.Do(ctx, grpcproxy.RangeRequestToOp(r))
+	resp, err := s.b.For(ctx).Do(ctx, grpcproxy.RangeRequestToOp(r))
 	if err != nil {
 		return nil, err
 	}
@@ -30,7 +32,7 @@ func (s *kvServer) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResp
 }
 
 func (s *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
-	resp, err := s.kv.Do(ctx, grpcproxy.PutRequestToOp(r))
+	resp, err := s.b.For(ctx).Do(ctx, grpcproxy.PutRequestToOp(r))
 	if err != nil {
 		return nil, err
 	}
@@ -38,7 +40,7 @@ func (s *kvServer) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, 
 }
 
 func (s *kvServer) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
-	resp, err := s.kv.Do(ctx, grpcproxy.DelRequestToOp(r))
+	resp, err := s.b.For(ctx).Do(ctx, grpcproxy.DelRequestToOp(r))
 	if err != nil {
 		return nil, err
 	}
@@ -49,7 +51,7 @@ func (s *kvServer) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, 
 	if err := checkTxn(r); err != nil {
 		return nil, err
 	}
-	resp, err := s.kv.Do(ctx, grpcproxy.TxnRequestToOp(r))
+	resp, err := s.b.For(ctx).Do(ctx, grpcproxy.TxnRequestToOp(r))
 	if err != nil {
 		return nil, err
 	}
@@ -63,7 +65,7 @@ func (s *kvServer) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.Co
 	if r.Physical {
 		opts = append(opts, clientv3.WithCompactPhysical())
 	}
-	resp, err := s.kv.Compact(ctx, r.Revision, opts...)
+	resp, err := s.b.For(ctx).Compact(ctx, r.Revision, opts...)
 	if err != nil {
 		return nil, err
 	}

@@ -13,23 +13,22 @@ import (
 // locks and campaigns with. Requests, responses and errors are etcd's own.
 type leaseServer struct {
 	pb.UnimplementedLeaseServer
-	lc pb.LeaseClient
 	ns string
 	b  *lockproxy.Backend
 }
 
 func (l *leaseServer) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
-	return l.lc.LeaseGrant(ctx, r)
+	return l.lc(ctx).LeaseGrant(ctx, r)
 }
 
 func (l *leaseServer) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
-	return l.lc.LeaseRevoke(ctx, r)
+	return l.lc(ctx).LeaseRevoke(ctx, r)
 }
 
 // LeaseTimeToLive lists, under a namespace, only the lease's keys inside it,
 // without the prefix: a lease ID is the cluster's, its keys may not all be.
 func (l *leaseServer) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
-	resp, err := l.lc.LeaseTimeToLive(ctx, r)
+	resp, err := l.lc(ctx).LeaseTimeToLive(ctx, r)
 	if err != nil || l.ns == "" {
 		return resp, err
 	}
@@ -44,7 +43,7 @@ func (l *leaseServer) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLive
 }
 
 func (l *leaseServer) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
-	return l.lc.LeaseLeases(ctx, r)
+	return l.lc(ctx).LeaseLeases(ctx, r)
 }
 
 // LeaseKeepAlive relays one client stream over one upstream stream. It ends
@@ -52,10 +51,15 @@ func (l *leaseServer) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest)
 func (l *leaseServer) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 	ctx, cancel := l.b.WithStop(stream.Context())
 	defer cancel()
-	up, err := l.lc.LeaseKeepAlive(ctx)
+	up, err := l.lc(ctx).LeaseKeepAlive(ctx)
 	if err != nil {
 		return l.b.CallErr(ctx, err)
 	}
 	err = relay(ctx, cancel, stream, up, func(*pb.LeaseKeepAliveRequest) error { return nil }, func(*pb.LeaseKeepAliveResponse) {})
 	return l.b.CallErr(ctx, err)
+}
+
+// lc is etcd's Lease service, reached as the caller (see Backend.For).
+func (l *leaseServer) lc(ctx context.Context) pb.LeaseClient {
+	return pb.NewLeaseClient(l.b.For(ctx).ActiveConnection())
 }

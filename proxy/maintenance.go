@@ -3,6 +3,8 @@ package proxy
 import (
 	"context"
 
+	"github.com/coordproxy/coordproxy/lockproxy"
+
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 )
 
@@ -13,11 +15,11 @@ import (
 // left to etcd's own endpoints: it answers Unimplemented here.
 type maintenanceServer struct {
 	pb.UnimplementedMaintenanceServer
-	mc pb.MaintenanceClient
+	b *lockproxy.Backend
 }
 
 func (m *maintenanceServer) Status(ctx context.Context, r *pb.StatusRequest) (*pb.StatusResponse, error) {
-	return m.mc.Status(ctx, r)
+	return pb.NewMaintenanceClient(m.b.For(ctx).ActiveConnection()).Status(ctx, r)
 }
 
 // authServer passes Auth.Authenticate through, so that a client with an etcd
@@ -26,9 +28,9 @@ func (m *maintenanceServer) Status(ctx context.Context, r *pb.StatusRequest) (*p
 // etcd's own endpoints: Unimplemented here.
 type authServer struct {
 	pb.UnimplementedAuthServer
-	ac pb.AuthClient
+	b *lockproxy.Backend
 }
 
 func (a *authServer) Authenticate(ctx context.Context, r *pb.AuthenticateRequest) (*pb.AuthenticateResponse, error) {
-	return a.ac.Authenticate(ctx, r)
+	return pb.NewAuthClient(a.b.For(ctx).ActiveConnection()).Authenticate(ctx, r)
 }

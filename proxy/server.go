@@ -121,6 +121,7 @@ type Server struct {
 	lis      net.Listener
 	etcd     *EmbeddedEtcd
 	client   *clientv3.Client
+	callers  *clientv3.Client // without the proxy's etcd user; nil without one
 	backend  *lockproxy.Backend
 	grpc     *grpc.Server
 	health   *health.Server
@@ -223,7 +224,8 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		return err
 	}
 	etcdErrs := newEtcdErrors(s.cfg.Registry)
-	s.client, err = clientv3.New(clientv3.Config{
+	limiter := newEtcdLimiter(s.cfg.MaxEtcdRequests, s.cfg.Registry)
+	ccfg := clientv3.Config{
 		Endpoints:            endpoints,
 		DialTimeout:          s.cfg.DialTimeout,
 		DialKeepAliveTime:    30 * time.Second,
@@ -239,16 +241,29 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		// are judged for errors; etcdErrs sees etcd's status before
 		// noLeaderIsFinal turns "no leader" into the client's value.
 		DialOptions: []grpc.DialOption{
-			grpc.WithChainUnaryInterceptor(newEtcdLimiter(s.cfg.MaxEtcdRequests, s.cfg.Registry).unary, noLeaderIsFinal, etcdErrs.unary),
+			grpc.WithChainUnaryInterceptor(limiter.unary, noLeaderIsFinal, etcdErrs.unary),
 			grpc.WithChainStreamInterceptor(etcdErrs.stream),
 		},
-	})
+	}
+	s.client, err = clientv3.New(ccfg)
 	if err != nil {
 		return fmt.Errorf("etcd client: %w", err)
 	}
 	namespaced(s.client, s.cfg.Namespace)
+	if s.cfg.EtcdUsername != "" {
+		// A caller's own etcd token must reach etcd alone: with the
+		// proxy's credentials on the connection too, etcd would read the
+		// proxy's token first. Calls that carry one use this second
+		// client, which has none of the proxy's (same limiter).
+		ccfg.Username, ccfg.Password = "", ""
+		if s.callers, err = clientv3.New(ccfg); err != nil {
+			return fmt.Errorf("etcd client: %w", err)
+		}
+		namespaced(s.callers, s.cfg.Namespace)
+	}
 
 	s.backend = lockproxy.NewBackend(s.client, lockproxy.Options{
+		Callers:        s.callers,
 		RequestTimeout: s.cfg.RequestTimeout,
 		ObserveBuffer:  s.cfg.ObserveBuffer,
 		QueueLinger:    s.cfg.QueueLinger,
@@ -266,12 +281,11 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	)
 	v3lockpb.RegisterLockServer(s.grpc, lockproxy.New(s.backend))
 	v3electionpb.RegisterElectionServer(s.grpc, electionproxy.New(s.backend))
-	conn := s.client.ActiveConnection()
-	pb.RegisterKVServer(s.grpc, &kvServer{kv: s.client.KV})
-	pb.RegisterWatchServer(s.grpc, &watchServer{wc: pb.NewWatchClient(conn), ns: s.cfg.Namespace, b: s.backend})
-	pb.RegisterLeaseServer(s.grpc, &leaseServer{lc: pb.NewLeaseClient(conn), ns: s.cfg.Namespace, b: s.backend})
-	pb.RegisterMaintenanceServer(s.grpc, &maintenanceServer{mc: pb.NewMaintenanceClient(conn)})
-	pb.RegisterAuthServer(s.grpc, &authServer{ac: pb.NewAuthClient(conn)})
+	pb.RegisterKVServer(s.grpc, &kvServer{b: s.backend})
+	pb.RegisterWatchServer(s.grpc, &watchServer{ns: s.cfg.Namespace, b: s.backend})
+	pb.RegisterLeaseServer(s.grpc, &leaseServer{ns: s.cfg.Namespace, b: s.backend})
+	pb.RegisterMaintenanceServer(s.grpc, &maintenanceServer{b: s.backend})
+	pb.RegisterAuthServer(s.grpc, &authServer{b: s.backend})
 	s.health = health.NewServer()
 	for _, svc := range append([]string{""}, servedServices...) {
 		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
@@ -429,6 +443,9 @@ func (s *Server) closeBackends(ctx context.Context) {
 	}
 	if s.backend != nil {
 		s.backend.Close(ctx)
+	}
+	if s.callers != nil {
+		s.callers.Close()
 	}
 	if s.client != nil {
 		s.client.Close()

@@ -13,7 +13,6 @@ import (
 // "etcdserver: no leader" when it loses its leader.
 type watchServer struct {
 	pb.UnimplementedWatchServer
-	wc pb.WatchClient
 	ns string
 	b  *lockproxy.Backend
 }
@@ -21,7 +20,7 @@ type watchServer struct {
 func (w *watchServer) Watch(stream pb.Watch_WatchServer) error {
 	ctx, cancel := w.b.WithStop(stream.Context())
 	defer cancel()
-	up, err := w.wc.Watch(ctx)
+	up, err := pb.NewWatchClient(w.b.For(ctx).ActiveConnection()).Watch(ctx)
 	if err != nil {
 		return w.b.CallErr(ctx, err)
 	}
