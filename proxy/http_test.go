@@ -173,6 +173,21 @@ func curlFlows(t *testing.T, base, prefix string) []string {
 	step("lease-revoke", code, body)
 	code, body = post(t, base, "/v3/lease/revoke", fmt.Sprintf(`{"ID":%q}`, grant.ID))
 	step("lease-revoke-again", code, body)
+
+	// KV through the gateway (etcd's v3_curl_kv_test.go), and malformed
+	// JSON, which gets HTTP 400 with etcd's error body.
+	code, body = post(t, base, "/v3/kv/put", fmt.Sprintf(`{"key":%q,"value":%q}`, b64(prefix+"k"), b64("v")))
+	step("kv-put", code, body)
+	code, body = post(t, base, "/v3/kv/range", fmt.Sprintf(`{"key":%q}`, b64(prefix+"k")))
+	step("kv-range", code, body)
+	code, body = post(t, base, "/v3/kv/txn", fmt.Sprintf(`{"compare":[{"key":%q,"result":"EQUAL","target":"VALUE","value":%q}],"success":[{"request_delete_range":{"key":%q}}]}`, b64(prefix+"k"), b64("v"), b64(prefix+"k")))
+	step("kv-txn", code, body)
+	code, body = post(t, base, "/v3/kv/put", `{"key":}`)
+	step("kv-put-malformed", code, body)
+	code, body = post(t, base, "/v3/lock/lock", `not json`)
+	step("lock-malformed", code, body)
+	code, body = post(t, base, "/v3/maintenance/status", `{}`)
+	step("maintenance-status", code, body)
 	return rec
 }
 
@@ -195,6 +210,11 @@ func TestGateway_etcdCurlFlowsAnswerAsEtcd(t *testing.T) {
 	// etcd takes a lock named "" (the whole keyspace's prefix).
 	documented := map[string]string{
 		"lock-missing-name": `lock-missing-name: 400 {"code":3,"message":"\"name\" field must be provided"}`,
+	}
+	for _, l := range viaProxy {
+		if strings.HasSuffix(strings.SplitN(l, ":", 2)[0], "-malformed") && !strings.Contains(l, ": 400 {\"code\":3,") {
+			t.Errorf("malformed JSON answered %s; want HTTP 400 with an InvalidArgument body", l)
+		}
 	}
 	for i := range native {
 		n, p := strings.ReplaceAll(native[i], b64("native/"), ""), strings.ReplaceAll(viaProxy[i], b64("proxy/"), "")
