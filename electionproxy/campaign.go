@@ -69,6 +69,7 @@ func (s *Server) Campaign(ctx context.Context, req *epb.CampaignRequest) (*epb.C
 			return nil, err
 		}
 	}
+	s.b.Hold(lockproxy.ServiceElection, name, key, rev)
 	// etcd answers with the header of the campaign transaction.
 	return &epb.CampaignResponse{
 		Header: resp.Header,

@@ -55,8 +55,16 @@ type Backend struct {
 	stopCtx context.Context
 	stop    context.CancelFunc
 
+	holds sync.WaitGroup // the goroutines of Hold
+
 	mu         sync.Mutex
 	lease0Seen map[string]struct{}
+	held       map[heldKey]struct{}
+}
+
+type heldKey struct {
+	key string
+	rev int64
 }
 
 var errStopping = errors.New("lockproxy: stopping")
@@ -95,6 +103,7 @@ func NewBackend(client *clientv3.Client, opts Options) *Backend {
 		stopCtx:       stopCtx,
 		stop:          stop,
 		lease0Seen:    map[string]struct{}{},
+		held:          map[heldKey]struct{}{},
 	}
 }
 
@@ -120,6 +129,11 @@ func (b *Backend) Stop() { b.stop() }
 // watches.
 func (b *Backend) Close(ctx context.Context) {
 	b.stop()
+	// A Hold that has not yet seen the stop has added to holds by the time
+	// it lets go of mu; later ones add nothing.
+	b.mu.Lock()
+	b.mu.Unlock()
+	b.holds.Wait()
 	b.cleaner.wait(ctx)
 	b.Queues.Close()
 }
@@ -281,3 +295,35 @@ func (b *Backend) Wait(ctx context.Context, service, name, key string, rev int64
 // on the proxy's own context: each attempt is bounded by the request timeout,
 // and attempts repeat until etcd answers or the proxy closes.
 func (b *Backend) Abandon(key string, rev int64) { b.cleaner.remove(key, rev) }
+
+// Hold counts key, which this proxy has just granted with create revision
+// rev, in the holders gauge of service until the name's shared watch sees the
+// key deleted, whoever deletes it, or the proxy stops. It keeps the name's
+// queue, and so its watch, for that long. A key counted already is not
+// counted twice.
+func (b *Backend) Hold(service, name, key string, rev int64) {
+	id := heldKey{key, rev}
+	b.mu.Lock()
+	if _, ok := b.held[id]; ok || b.stopCtx.Err() != nil {
+		b.mu.Unlock()
+		return
+	}
+	b.held[id] = struct{}{}
+	b.holds.Add(1)
+	b.mu.Unlock()
+	holders := b.metrics.Holders.WithLabelValues(service)
+	holders.Inc()
+	q := b.Queues.Acquire(Prefix(name))
+	go func() {
+		defer b.holds.Done()
+		err := q.WaitGone(b.stopCtx, key, rev)
+		b.Queues.Release(q)
+		holders.Dec()
+		b.mu.Lock()
+		delete(b.held, id)
+		b.mu.Unlock()
+		if err != nil && b.stopCtx.Err() == nil {
+			b.log.Debug("no longer tracking a holder", "key", key, "err", err)
+		}
+	}()
+}

@@ -29,6 +29,7 @@ func (s *Server) Lock(ctx context.Context, req *v3lockpb.LockRequest) (*v3lockpb
 		if err != nil {
 			return nil, err
 		}
+		s.b.Hold(ServiceLock, name, key, a.rev)
 		return &v3lockpb.LockResponse{Header: hdr, Key: []byte(key)}, nil
 	}
 	if ctx.Err() != nil && a.created {
@@ -36,6 +37,7 @@ func (s *Server) Lock(ctx context.Context, req *v3lockpb.LockRequest) (*v3lockpb
 		s.b.Abandon(key, a.rev)
 		return nil, ctx.Err()
 	}
+	s.b.Hold(ServiceLock, name, key, a.rev)
 	return &v3lockpb.LockResponse{Header: a.header, Key: []byte(key)}, nil
 }
 

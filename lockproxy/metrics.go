@@ -13,6 +13,7 @@ type Metrics struct {
 	Lease0   *prometheus.CounterVec
 	Cleanups *prometheus.CounterVec
 	Waiting  *prometheus.GaugeVec
+	Holders  *prometheus.GaugeVec
 }
 
 // NewMetrics creates the metrics and registers them with reg, if not nil.
@@ -33,12 +34,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name:      "waiters",
 			Help:      "Lock (service=lock) and Campaign (service=election) calls to this proxy waiting in the queue for their turn.",
 		}, []string{"service"}),
+		Holders: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "coordproxy",
+			Name:      "holders",
+			Help: "Locks (service=lock) and leaderships (service=election) this proxy granted whose key its watch of the name has not yet seen deleted " +
+				"(by Unlock or Resign through any proxy, or by lease expiry or revocation); the proxy keeps that watch while it counts a holder. " +
+				"Grants through other proxies or straight from etcd are not counted.",
+		}, []string{"service"}),
 	}
 	for _, svc := range []string{ServiceLock, ServiceElection} {
 		m.Waiting.WithLabelValues(svc)
+		m.Holders.WithLabelValues(svc)
 	}
 	if reg != nil {
-		reg.MustRegister(m.Lease0, m.Cleanups, m.Waiting)
+		reg.MustRegister(m.Lease0, m.Cleanups, m.Waiting, m.Holders)
 	}
 	return m
 }

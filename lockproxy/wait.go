@@ -470,6 +470,43 @@ func (q *Queue) WaitTurn(ctx context.Context, key string, rev int64) error {
 	}
 }
 
+// WaitGone blocks until, as the shared watch sees it, key no longer exists
+// with create revision rev, or ctx ends, or the queue stops.
+func (q *Queue) WaitGone(ctx context.Context, key string, rev int64) error {
+	if err := q.waitReady(ctx); err != nil {
+		return err
+	}
+	wake := make(chan struct{}, 1)
+	for {
+		q.mu.Lock()
+		if q.stopped {
+			q.mu.Unlock()
+			return ErrQueueStopped
+		}
+		if q.rev >= rev {
+			if kv := q.keys[key]; kv == nil || kv.CreateRevision != rev {
+				q.mu.Unlock()
+				return nil
+			}
+		}
+		q.waits[key] = append(q.waits[key], wake)
+		q.mu.Unlock()
+
+		var err error
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+		q.mu.Lock()
+		q.unwaitLocked(key, wake)
+		q.mu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
+}
+
 // LeaderChange is the leader of the prefix (the key with the lowest create
 // revision) after revision Rev. Kv is nil when the prefix became empty.
 type LeaderChange struct {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/coordproxy/coordproxy/proxy"
 	"github.com/coordproxy/coordproxy/proxy/proxytest"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	epb "go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
@@ -32,7 +33,7 @@ func TestMetrics_etcdErrorsCountedByCode(t *testing.T) {
 	}
 }
 
-func TestMetrics_waitersFollowTheQueueByService(t *testing.T) {
+func TestMetrics_waitersAndHoldersFollowTheQueue(t *testing.T) {
 	env := proxytest.New(t, proxy.Config{})
 	ctx := proxytest.Ctx(t)
 	gauge := func(name, service string) float64 {
@@ -46,14 +47,14 @@ func TestMetrics_waitersFollowTheQueueByService(t *testing.T) {
 		})
 	}
 
-	// Lock: a holder, a waiter, the hand-over by Unlock.
+	// Lock: a holder, a waiter, the hand-over by Unlock, the end by lease revocation.
 	first, second := env.Grant(t, 600), env.Grant(t, 600)
 	held, err := env.Lock.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("m"), Lease: first})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if w := gauge("waiters", "lock"); w != 0 {
-		t.Fatalf("after one Lock: waiters %v; want 0", w)
+	if h, w := gauge("holders", "lock"), gauge("waiters", "lock"); h != 1 || w != 0 {
+		t.Fatalf("after one Lock: holders %v, waiters %v; want 1, 0", h, w)
 	}
 	waiter := make(chan error, 1)
 	go func() {
@@ -70,12 +71,20 @@ func TestMetrics_waitersFollowTheQueueByService(t *testing.T) {
 	if w := gauge("waiters", "lock"); w != 0 {
 		t.Errorf("waiters %v after the waiter got the lock; want 0", w)
 	}
+	waitGauge("holders", "lock", 1)
+	if _, err := env.Lease.LeaseRevoke(ctx, &pb.LeaseRevokeRequest{ID: second}); err != nil {
+		t.Fatal(err)
+	}
+	waitGauge("holders", "lock", 0)
 
 	// Election: a leader, a waiting candidate, Resign.
 	l1, l2 := env.Grant(t, 600), env.Grant(t, 600)
 	leader, err := env.Election.Campaign(ctx, &epb.CampaignRequest{Name: []byte("e"), Lease: l1, Value: []byte("a")})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if h := gauge("holders", "election"); h != 1 {
+		t.Fatalf("holders{election} %v after a Campaign; want 1", h)
 	}
 	candidate := make(chan *epb.CampaignResponse, 1)
 	go func() {
@@ -97,4 +106,9 @@ func TestMetrics_waitersFollowTheQueueByService(t *testing.T) {
 		t.FailNow()
 	}
 	waitGauge("waiters", "election", 0)
+	waitGauge("holders", "election", 1)
+	if _, err := env.Election.Resign(ctx, &epb.ResignRequest{Leader: next.Leader}); err != nil {
+		t.Fatal(err)
+	}
+	waitGauge("holders", "election", 0)
 }
