@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -13,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coordproxy/coordproxy/proxy/proxytest"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
@@ -76,24 +76,6 @@ func occupyMain(addr string) int {
 		return 3
 	}
 	return 0
-}
-
-// lockedBuffer collects a process's output for polling.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func TestEtcdctl_locksElectsAndReportsThroughTheProxy(t *testing.T) {
@@ -191,7 +173,7 @@ func TestEtcdctl_locksElectsAndReportsThroughTheProxy(t *testing.T) {
 
 	t.Run("elect interleaved with the proxy's Campaign and Observe", func(t *testing.T) {
 		const name = "mixed-election"
-		var campOut, obsOut lockedBuffer
+		var campOut, obsOut proxytest.LockedBuffer
 		camp := etcdctl("elect", name, "etcdctl-candidate")
 		camp.Stdout, camp.Stderr = &campOut, &campOut
 		if err := camp.Start(); err != nil {
@@ -246,7 +228,7 @@ func TestEtcdctl_locksElectsAndReportsThroughTheProxy(t *testing.T) {
 	})
 }
 
-func waitOutput(t *testing.T, b *lockedBuffer, want string) {
+func waitOutput(t *testing.T, b *proxytest.LockedBuffer, want string) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !strings.Contains(b.String(), want) {

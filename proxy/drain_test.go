@@ -20,7 +20,7 @@ import (
 
 func TestShutdown_drainsThenRefusesNewCallsAndEndsWaits(t *testing.T) {
 	etcd := proxytest.StartEtcd(t)
-	var logs lockedBuffer
+	var logs proxytest.LockedBuffer
 	srv := proxy.New(proxy.Config{
 		Endpoints: []string{etcd.URL},
 		Listen:    "127.0.0.1:0",

@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,26 +17,9 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func TestShutdown_endsWaitsWithUnavailableAndRemovesTheirKeys(t *testing.T) {
 	etcd := proxytest.StartEtcd(t)
-	var logs lockedBuffer
+	var logs proxytest.LockedBuffer
 	srv := proxy.New(proxy.Config{
 		Endpoints: []string{etcd.URL},
 		Listen:    "127.0.0.1:0",

@@ -8,6 +8,8 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -131,4 +133,23 @@ func EnableAuth(t testing.TB, etcdURL, user, password, prefix string) *clientv3.
 	}
 	t.Cleanup(func() { root.Close() })
 	return root
+}
+
+// LockedBuffer collects output written from other goroutines (a logger, a
+// child process) for a test to poll.
+type LockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *LockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *LockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
