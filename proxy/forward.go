@@ -3,9 +3,7 @@ package proxy
 import (
 	"context"
 
-	middleware "github.com/grpc-ecosystem/go-grpc-middleware/v2"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 )
 
@@ -33,18 +31,4 @@ func forwardContext(ctx context.Context) context.Context {
 		return ctx
 	}
 	return metadata.AppendToOutgoingContext(ctx, kv...)
-}
-
-func forwardUnary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	return handler(forwardContext(ctx), req)
-}
-
-func forwardStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	ctx := forwardContext(ss.Context())
-	if ctx == ss.Context() {
-		return handler(srv, ss)
-	}
-	w := middleware.WrapServerStream(ss)
-	w.WrappedContext = ctx
-	return handler(srv, w)
 }

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc"
 )
 
 // overrunCheck watches the promise that no call outlives its client's
@@ -43,16 +42,4 @@ func (c *overrunCheck) check(ctx context.Context, method string) {
 		c.overrun.Inc()
 		c.log.Error("call outlived its deadline by more than the request timeout", "method", method, "overrun", over, "request_timeout", c.bound)
 	}
-}
-
-func (c *overrunCheck) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	resp, err := handler(ctx, req)
-	c.check(ctx, info.FullMethod)
-	return resp, err
-}
-
-func (c *overrunCheck) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	err := handler(srv, ss)
-	c.check(ss.Context(), info.FullMethod)
-	return err
 }

@@ -15,7 +15,7 @@ import (
 
 	"github.com/coordproxy/coordproxy/electionproxy"
 	"github.com/coordproxy/coordproxy/lockproxy"
-	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	middleware "github.com/grpc-ecosystem/go-grpc-middleware/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/soheilhy/cmux"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -271,13 +271,15 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		Metrics:        lockproxy.NewMetrics(s.cfg.Registry),
 	})
 	overrun := newOverrunCheck(s.log, s.cfg.RequestTimeout, s.cfg.Registry)
-	rpcMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
-	s.cfg.Registry.MustRegister(rpcMetrics)
+	rpcStats := newRPCStats(s.cfg.Registry, overrun)
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(maxRequestBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime}),
-		grpc.ChainUnaryInterceptor(rpcMetrics.UnaryServerInterceptor(), s.refuseUnary, overrun.unary, serviceErrUnary, forwardUnary),
-		grpc.ChainStreamInterceptor(rpcMetrics.StreamServerInterceptor(), s.refuseStream, overrun.stream, serviceErrStream, forwardStream),
+		grpc.StatsHandler(rpcStats),
+		// One interceptor each: every chained one deepens the stack a
+		// waiting call parks with (see rpcStats).
+		grpc.UnaryInterceptor(s.edgeUnary),
+		grpc.StreamInterceptor(s.edgeStream),
 	)
 	v3lockpb.RegisterLockServer(s.grpc, lockproxy.New(s.backend))
 	v3electionpb.RegisterElectionServer(s.grpc, electionproxy.New(s.backend))
@@ -294,7 +296,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	if err := registerReflection(s.grpc); err != nil {
 		return err
 	}
-	rpcMetrics.InitializeMetrics(s.grpc)
+	rpcStats.initialize(s.grpc)
 
 	// The JSON gateway calls the same gRPC server in memory, without
 	// going through the port and whatever it asks of clients.
@@ -406,22 +408,30 @@ func (s *Server) Shutdown(ctx context.Context) {
 	s.log.Info("stopped")
 }
 
-// refuseUnary and refuseStream answer new calls Unavailable once the drain
-// delay is over, as a stopping etcd member does: clients connected before the
-// listener closed learn at once to go elsewhere. Health checks still answer,
-// NOT_SERVING.
-func (s *Server) refuseUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+// edgeUnary and edgeStream are the one edge every call passes: once the
+// drain delay is over they answer new calls Unavailable, as a stopping etcd
+// member does, so that clients connected before the listener closed learn at
+// once to go elsewhere (health checks still answer, NOT_SERVING); they hand
+// the caller's hasleader and token metadata on to etcd (forwardContext); and
+// they give errors etcd's codes and texts (wireErr).
+func (s *Server) edgeUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	if s.refused(info.FullMethod) {
 		return nil, rpctypes.ErrGRPCStopped
 	}
-	return handler(ctx, req)
+	resp, err := handler(forwardContext(ctx), req)
+	return resp, wireErr(info.FullMethod, err)
 }
 
-func (s *Server) refuseStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+func (s *Server) edgeStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	if s.refused(info.FullMethod) {
 		return rpctypes.ErrGRPCStopped
 	}
-	return handler(srv, ss)
+	if ctx := forwardContext(ss.Context()); ctx != ss.Context() {
+		w := middleware.WrapServerStream(ss)
+		w.WrappedContext = ctx
+		ss = w
+	}
+	return wireErr(info.FullMethod, handler(srv, ss))
 }
 
 func (s *Server) refused(method string) bool {

@@ -57,15 +57,6 @@ func wireErr(method string, err error) error {
 	return etcdStatus(err)
 }
 
-func serviceErrUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	resp, err := handler(ctx, req)
-	return resp, wireErr(info.FullMethod, err)
-}
-
-func serviceErrStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	return wireErr(info.FullMethod, handler(srv, ss))
-}
-
 // noLeaderIsFinal sits between the etcd client's retry loop and the wire:
 // etcd's "no leader" refusal of a call that required a leader is the answer
 // for that caller, as from etcd itself, but the client would otherwise retry

@@ -252,7 +252,7 @@ func printTable(w io.Writer, results []result) {
 
 func notes(n, p result) string {
 	var parts []string
-	for _, k := range []string{"parked", "seconds_to_park", "etcd_watchers_added", "etcd_watchers_total", "etcd_rss_growth_mib", "proxy_rss_mib", "proclaims_undelivered"} {
+	for _, k := range []string{"parked", "seconds_to_park", "etcd_watchers_added", "etcd_watchers_total", "etcd_rss_growth_mib", "proxy_rss_mib", "proxy_stack_mib", "proxy_heap_inuse_mib", "proxy_heap_idle_kept_mib", "proclaims_undelivered"} {
 		nv, nok := n.Extra[k]
 		pv, pok := p.Extra[k]
 		if nok || pok {

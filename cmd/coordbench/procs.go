@@ -78,7 +78,9 @@ func serveProxy(ctx context.Context, endpoints, cpuprofile string, maxEtcdReques
 		}
 		defer pprof.StopCPUProfile()
 	}
-	s := proxy.New(proxy.Config{Endpoints: strings.Split(endpoints, ","), Listen: "127.0.0.1:0", MaxEtcdRequests: maxEtcdRequests})
+	// Pprof: the waiters scenario reads the proxy's runtime.MemStats from
+	// /debug/pprof/heap to say where its memory is.
+	s := proxy.New(proxy.Config{Endpoints: strings.Split(endpoints, ","), Listen: "127.0.0.1:0", MaxEtcdRequests: maxEtcdRequests, Pprof: true})
 	if err := s.Start(ctx); err != nil {
 		return err
 	}

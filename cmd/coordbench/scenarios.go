@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -458,6 +461,10 @@ func waitersScenario(ctx context.Context, b *bench, t target, scenario string) (
 	watchers, werr := etcdMetric(ctx, b.etcdURL, watcherMetric)
 	etcdRSS, _ := b.etcdRSS()
 	proxyRSS, _ := b.proxyRSS()
+	var mem map[string]int64
+	if t.name == "coordproxy" {
+		mem, _ = memStats(ctx, t.addr)
+	}
 
 	stopWaiters()
 	wg.Wait()
@@ -478,10 +485,50 @@ func waitersScenario(ctx context.Context, b *bench, t target, scenario string) (
 		"proxy_rss_mib":        mib(proxyRSS),
 		"proxy_rss_growth_mib": mib(proxyRSS - proxyRSS0),
 	}
+	if mem != nil {
+		// Where the proxy's RSS is, from its runtime.MemStats.
+		res.Extra["proxy_stack_mib"] = mib(mem["StackInuse"])
+		res.Extra["proxy_heap_inuse_mib"] = mib(mem["HeapInuse"])
+		res.Extra["proxy_heap_idle_kept_mib"] = mib(mem["HeapIdle"] - mem["HeapReleased"])
+	}
 	if e, ok := firstErr.Load().(string); ok {
 		res.Extra["first_error"] = e
 	}
 	return res, nil
+}
+
+// memStats reads the runtime.MemStats a Go process serves at the end of
+// /debug/pprof/heap?debug=1 ("# HeapInuse = 123", "# Stack = 45 / 67" lines).
+func memStats(ctx context.Context, addr string) (map[string]int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/debug/pprof/heap?debug=1", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	m := map[string]int64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		name, val, ok := strings.Cut(strings.TrimPrefix(sc.Text(), "# "), " = ")
+		if !ok {
+			continue
+		}
+		if name == "Stack" { // "# Stack = StackInuse / StackSys"
+			name, val, _ = strings.Cut(val, " / ")
+			name, val = "StackInuse", name
+		}
+		if n, err := strconv.ParseInt(val, 10, 64); err == nil {
+			m[name] = n
+		}
+	}
+	if len(m) == 0 {
+		return nil, fmt.Errorf("no runtime.MemStats at %s", req.URL)
+	}
+	return m, sc.Err()
 }
 
 func mib(b int64) float64 { return float64(b*10/(1<<20)) / 10 }
