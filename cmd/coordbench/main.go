@@ -118,6 +118,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	jsonOut := fs.String("json", "", "also write the results as JSON to this file")
 	cpuprofile := fs.String("proxy-cpuprofile", "", "write a CPU profile of the proxy process to this file")
 	maxEtcdRequests := fs.Int("proxy-max-etcd-requests", 0, "the proxy's --max-etcd-requests (0: its default)")
+	memLimit := fs.String("proxy-gomemlimit", "", "GOMEMLIMIT of the proxy process only, e.g. 230MiB (default: none)")
 	dataDir := fs.String("data-dir", "", "data directory of the etcd coordbench starts (default: a temp dir in /dev/shm if there is one, so that the disk stays out of the figures)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -151,7 +152,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			defer os.RemoveAll(tmp)
 			dir = filepath.Join(tmp, "data")
 		}
-		c, err := startChild(roleEtcd, dir)
+		c, err := startChild(nil, roleEtcd, dir)
 		if err != nil {
 			fmt.Fprintf(stderr, "coordbench: etcd: %v\n", err)
 			return 1
@@ -162,7 +163,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	} else {
 		b.etcdURL = strings.Split(*endpoints, ",")[0]
 	}
-	p, err := startChild(roleProxy, b.etcdURL, *cpuprofile, strconv.Itoa(*maxEtcdRequests))
+	var proxyEnv []string
+	if *memLimit != "" {
+		proxyEnv = []string{"GOMEMLIMIT=" + *memLimit}
+	}
+	p, err := startChild(proxyEnv, roleProxy, b.etcdURL, *cpuprofile, strconv.Itoa(*maxEtcdRequests))
 	if err != nil {
 		fmt.Fprintf(stderr, "coordbench: coordproxy: %v\n", err)
 		return 1

@@ -100,12 +100,14 @@ type child struct {
 	done  chan struct{}
 }
 
-func startChild(args ...string) (*child, error) {
+// startChild starts a role of this binary with env added to its environment.
+func startChild(env []string, args ...string) (*child, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(self, args...)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
