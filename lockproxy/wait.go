@@ -420,86 +420,72 @@ func (q *Queue) waitReady(ctx context.Context) error {
 // with an old revision, so once the view reaches rev the answer stays true;
 // the caller still confirms key with a linearizable read.
 func (q *Queue) WaitTurn(ctx context.Context, key string, rev int64) error {
-	if err := q.waitReady(ctx); err != nil {
-		return err
-	}
-	wake := make(chan struct{}, 1)
-	var watching [2]string
-	for {
-		q.mu.Lock()
-		if q.stopped {
-			q.mu.Unlock()
-			return ErrQueueStopped
-		}
-		n := 0
+	return q.waitFor(ctx, func(watch []string) ([]string, bool, error) {
 		if q.rev < rev {
 			// The view has not yet seen the key's own creation.
-			watching[0], n = key, 1
-		} else {
-			kv := q.keys[key]
-			if kv == nil || kv.CreateRevision != rev {
-				q.mu.Unlock()
-				return errKeyGone
-			}
-			i := q.index(rev, nil)
-			if i == 0 {
-				q.mu.Unlock()
-				return nil
-			}
-			watching[0], watching[1], n = key, string(q.order[i-1].Key), 2
+			return append(watch, key), false, nil
 		}
-		for _, k := range watching[:n] {
-			q.waits[k] = append(q.waits[k], wake)
+		kv := q.keys[key]
+		if kv == nil || kv.CreateRevision != rev {
+			return nil, true, errKeyGone
 		}
-		q.mu.Unlock()
-
-		var err error
-		select {
-		case <-wake:
-		case <-ctx.Done():
-			err = ctx.Err()
+		i := q.index(rev, nil)
+		if i == 0 {
+			return nil, true, nil
 		}
-		q.mu.Lock()
-		for _, k := range watching[:n] {
-			q.unwaitLocked(k, wake)
-		}
-		q.mu.Unlock()
-		if err != nil {
-			return err
-		}
-	}
+		return append(watch, key, string(q.order[i-1].Key)), false, nil
+	})
 }
 
 // WaitGone blocks until, as the shared watch sees it, key no longer exists
 // with create revision rev, or ctx ends, or the queue stops.
 func (q *Queue) WaitGone(ctx context.Context, key string, rev int64) error {
+	return q.waitFor(ctx, func(watch []string) ([]string, bool, error) {
+		if q.rev >= rev {
+			if kv := q.keys[key]; kv == nil || kv.CreateRevision != rev {
+				return nil, true, nil
+			}
+		}
+		return append(watch, key), false, nil
+	})
+}
+
+// waitFor is the loop of WaitTurn and WaitGone, once the queue's view is
+// ready: check runs under q.mu and either ends the wait (done, with err) or
+// names the keys (appended to watch) whose changes could change its answer;
+// the wait then sleeps until one of them changes, ctx ends or the queue
+// stops, and checks again.
+func (q *Queue) waitFor(ctx context.Context, check func(watch []string) (keys []string, done bool, err error)) error {
 	if err := q.waitReady(ctx); err != nil {
 		return err
 	}
 	wake := make(chan struct{}, 1)
+	var buf [2]string
 	for {
 		q.mu.Lock()
 		if q.stopped {
 			q.mu.Unlock()
 			return ErrQueueStopped
 		}
-		if q.rev >= rev {
-			if kv := q.keys[key]; kv == nil || kv.CreateRevision != rev {
-				q.mu.Unlock()
-				return nil
-			}
+		watching, done, err := check(buf[:0])
+		if done {
+			q.mu.Unlock()
+			return err
 		}
-		q.waits[key] = append(q.waits[key], wake)
+		for _, k := range watching {
+			q.waits[k] = append(q.waits[k], wake)
+		}
 		q.mu.Unlock()
 
-		var err error
 		select {
 		case <-wake:
 		case <-ctx.Done():
 			err = ctx.Err()
 		}
 		q.mu.Lock()
-		q.unwaitLocked(key, wake)
+		for _, k := range watching {
+			q.unwaitLocked(k, wake)
+		}
 		q.mu.Unlock()
 		if err != nil {
 			return err

@@ -35,14 +35,7 @@ func TestShutdown_drainsThenRefusesNewCallsAndEndsWaits(t *testing.T) {
 	kv := proxytest.Client(t, etcd.URL)
 	ctx := proxytest.Ctx(t)
 	lc, lsc, hc := v3lockpb.NewLockClient(conn), pb.NewLeaseClient(conn), healthpb.NewHealthClient(conn)
-	grant := func() int64 {
-		t.Helper()
-		g, err := lsc.LeaseGrant(ctx, &pb.LeaseGrantRequest{TTL: 600})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return g.ID
-	}
+	grant := func() int64 { return proxytest.Grant(t, lsc, 600) }
 	count := func(pfx string) int64 {
 		t.Helper()
 		r, err := kv.Get(ctx, pfx, clientv3.WithPrefix(), clientv3.WithCountOnly())

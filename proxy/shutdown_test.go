@@ -32,13 +32,7 @@ func TestShutdown_endsWaitsWithUnavailableAndRemovesTheirKeys(t *testing.T) {
 	kv := proxytest.Client(t, etcd.URL)
 	ctx := proxytest.Ctx(t)
 	lc, ec, lsc := v3lockpb.NewLockClient(conn), epb.NewElectionClient(conn), pb.NewLeaseClient(conn)
-	grant := func() int64 {
-		g, err := lsc.LeaseGrant(ctx, &pb.LeaseGrantRequest{TTL: 600})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return g.ID
-	}
+	grant := func() int64 { return proxytest.Grant(t, lsc, 600) }
 
 	holder, err := lc.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("l"), Lease: grant()})
 	if err != nil {

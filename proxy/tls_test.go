@@ -238,13 +238,7 @@ func TestAuth_proxyWorksAsItsOwnEtcdUser(t *testing.T) {
 	// own credentials, on its own context.
 	leases := pb.NewLeaseClient(conn)
 	lc := v3lockpb.NewLockClient(conn)
-	grant := func() int64 {
-		g, err := leases.LeaseGrant(ctx, &pb.LeaseGrantRequest{TTL: 600})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return g.ID
-	}
+	grant := func() int64 { return proxytest.Grant(t, leases, 600) }
 	held, err := lc.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("auth-queue"), Lease: grant()})
 	if err != nil {
 		t.Fatal(err)

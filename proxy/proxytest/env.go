@@ -68,7 +68,13 @@ func Ctx(t testing.TB) context.Context {
 // Grant grants a lease of ttl seconds through the proxy.
 func (e *Env) Grant(t testing.TB, ttl int64) int64 {
 	t.Helper()
-	resp, err := e.Lease.LeaseGrant(Ctx(t), &pb.LeaseGrantRequest{TTL: ttl})
+	return Grant(t, e.Lease, ttl)
+}
+
+// Grant grants a lease of ttl seconds through lc.
+func Grant(t testing.TB, lc pb.LeaseClient, ttl int64) int64 {
+	t.Helper()
+	resp, err := lc.LeaseGrant(Ctx(t), &pb.LeaseGrantRequest{TTL: ttl})
 	if err != nil {
 		t.Fatalf("grant: %v", err)
 	}
