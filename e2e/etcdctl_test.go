@@ -198,9 +198,10 @@ func TestEtcdctl_locksElectsAndReportsThroughTheProxy(t *testing.T) {
 		}
 		defer func() { obs.Process.Kill(); obs.Wait() }()
 		waitOutput(t, &obsOut, "etcdctl-candidate")
-		if err := waitKeyCount(ctx, kv, name+"/", 2); err != nil {
-			t.Fatal(err)
-		}
+		waitFor(t, 30*time.Second, "two candidates' keys", func() bool {
+			resp, err := kv.Get(ctx, name+"/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+			return err == nil && resp.Count == 2
+		})
 		select {
 		case err := <-elected:
 			t.Fatalf("the proxy's Campaign returned (%v) while etcdctl leads", err)
@@ -228,29 +229,13 @@ func TestEtcdctl_locksElectsAndReportsThroughTheProxy(t *testing.T) {
 	})
 }
 
+// waitOutput waits for want in b, and shows b as it is then if it never comes.
 func waitOutput(t *testing.T, b *proxytest.LockedBuffer, want string) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !strings.Contains(b.String(), want) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no %q in output:\n%s", want, b.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func waitKeyCount(ctx context.Context, kv *clientv3.Client, prefix string, n int64) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := kv.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
-		if err != nil {
-			return err
-		}
-		if resp.Count == n {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%d keys under %q, want %d", resp.Count, prefix, n)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
