@@ -56,6 +56,7 @@ var scenarios = []scenario{
 		return lockScenario(ctx, b, t, title, 16, []string{"c16"})
 	}},
 	{id: "campaign", title: "Campaign+Proclaim+Resign, 1 client", run: campaignScenario},
+	{id: "hop", title: "KV Put+Delete, 1 client (the hop alone)", run: hopScenario},
 	{id: "observe", title: "Observe fan-out", run: observeScenario},
 	{id: "waiters", title: "blocked Lock waiters on 1 name", run: waitersScenario, proxyFirst: true},
 }
@@ -119,6 +120,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cpuprofile := fs.String("proxy-cpuprofile", "", "write a CPU profile of the proxy process to this file")
 	maxEtcdRequests := fs.Int("proxy-max-etcd-requests", 0, "the proxy's --max-etcd-requests (0: its default)")
 	memLimit := fs.String("proxy-gomemlimit", "", "GOMEMLIMIT of the proxy process only, e.g. 230MiB (default: none)")
+	var proxyEnv []string
+	fs.Func("proxy-env", "NAME=VALUE set in the proxy process's environment only, e.g. GOMAXPROCS=1 (repeatable)", func(v string) error {
+		if name, _, ok := strings.Cut(v, "="); !ok || name == "" {
+			return fmt.Errorf("want NAME=VALUE, got %q", v)
+		}
+		proxyEnv = append(proxyEnv, v)
+		return nil
+	})
 	dataDir := fs.String("data-dir", "", "data directory of the etcd coordbench starts (default: a temp dir in /dev/shm if there is one, so that the disk stays out of the figures)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -163,9 +172,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	} else {
 		b.etcdURL = strings.Split(*endpoints, ",")[0]
 	}
-	var proxyEnv []string
 	if *memLimit != "" {
-		proxyEnv = []string{"GOMEMLIMIT=" + *memLimit}
+		proxyEnv = append(proxyEnv, "GOMEMLIMIT="+*memLimit)
 	}
 	p, err := startChild(proxyEnv, roleProxy, b.etcdURL, *cpuprofile, strconv.Itoa(*maxEtcdRequests))
 	if err != nil {

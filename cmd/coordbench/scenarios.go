@@ -215,6 +215,38 @@ func campaignScenario(ctx context.Context, b *bench, t target, scenario string) 
 	return rec.result(scenario, t.name, time.Since(rec.start)), nil
 }
 
+// hopScenario: one client puts and deletes a key in a loop, on etcd's KV
+// service directly and through the proxy's KV pass-through: two requests
+// per cycle, as Lock+Unlock, with no lock logic, so that its ratio is what
+// the extra gRPC hop alone costs on this machine.
+func hopScenario(ctx context.Context, b *bench, t target, scenario string) (result, error) {
+	cli, err := t.dial()
+	if err != nil {
+		return result{}, err
+	}
+	defer cli.Close()
+	key := b.unique("hop")
+	rec := newRecorder()
+	runCtx, cancel := context.WithTimeout(ctx, b.duration)
+	defer cancel()
+	go b.progress(runCtx, scenario, t, rec.count)
+	for runCtx.Err() == nil {
+		start := time.Now()
+		_, err := cli.Put(runCtx, key, "v")
+		if err == nil {
+			_, err = cli.Delete(runCtx, key)
+		}
+		if err != nil {
+			if runCtx.Err() == nil {
+				rec.errors.Add(1)
+			}
+			continue
+		}
+		rec.add(time.Since(start))
+	}
+	return rec.result(scenario, t.name, time.Since(rec.start)), nil
+}
+
 // observeScenario: observers watch one election; the leader proclaims
 // 1, 2, 3, … and each proclaim waits until every observer has seen it (or a
 // later value) before the next. Ops is proclaims fully delivered per second;
