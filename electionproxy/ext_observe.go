@@ -3,7 +3,6 @@ package electionproxy
 import (
 	"github.com/coordproxy/coordproxy/lockproxy"
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
-	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -25,7 +24,7 @@ func (e *Elections) Observe(req *coordproxyv1.ObserveRequest, stream coordproxyv
 				leader = resp.Kvs[0]
 			}
 			return stream.Send(&coordproxyv1.ObserveResponse{
-				Header:   headerOf(resp.Header),
+				Header:   lockproxy.Header(resp.Header),
 				Event:    coordproxyv1.ObserveResponse_EVENT_CURRENT,
 				Leader:   keyOf(leader),
 				Revision: resp.Header.Revision,
@@ -38,7 +37,7 @@ func (e *Elections) Observe(req *coordproxyv1.ObserveRequest, stream coordproxyv
 				return nil
 			}
 			return stream.Send(&coordproxyv1.ObserveResponse{
-				Header:   headerOf(ch.Header),
+				Header:   lockproxy.Header(ch.Header),
 				Event:    ev,
 				Leader:   keyOf(ch.Kv),
 				Revision: ch.Rev,
@@ -68,12 +67,5 @@ func keyOf(kv *mvccpb.KeyValue) *coordproxyv1.Key {
 	if kv == nil {
 		return nil
 	}
-	return &coordproxyv1.Key{Key: kv.Key, Lease: kv.Lease, CreateRevision: kv.CreateRevision,
-		ModRevision: kv.ModRevision, Value: kv.Value}
-}
-
-// headerOf is etcd's response header in coordproxy's API.
-func headerOf(h *pb.ResponseHeader) *coordproxyv1.ResponseHeader {
-	return &coordproxyv1.ResponseHeader{ClusterId: h.GetClusterId(), MemberId: h.GetMemberId(),
-		Revision: h.GetRevision(), RaftTerm: h.GetRaftTerm()}
+	return lockproxy.KeyInfo(kv)
 }
