@@ -316,3 +316,52 @@ func TestDescribeCommand_printsHolderAndWaitersAsTextAndJSON(t *testing.T) {
 		t.Fatalf("waiter exit %d: %s", code, waiter.stderr)
 	}
 }
+
+func TestElectCommand_campaignsLeadsResignsAndPrintsChanges(t *testing.T) {
+	env := proxytest.New(t, proxy.Config{})
+	addr := env.Proxy.Addr().String()
+
+	watcher := startCLI(t, addr, "elect", "svc")
+	watcher.waitOutput(t, "current    (no leader)", watcher.stdout)
+
+	a := startCLI(t, addr, "elect", "svc", "node-a")
+	a.waitOutput(t, "leading svc", a.stderr)
+	watcher.waitOutput(t, `elected    svc/`, watcher.stdout)
+	b := startCLI(t, addr, "elect", "svc", "node-b")
+	env.WaitKeys(t, "svc/", 2)
+	b.waitOutput(t, `"node-a"`, b.stdout) // b sees who leads while it waits
+
+	code, out, stderr := runCLI(t, addr, "describe", "--election", "svc")
+	if code != 0 || !strings.Contains(out, `value "node-a"`) || !strings.Contains(out, "candidates: 1\n  1. svc/") {
+		t.Fatalf("describe --election: exit %d\n%s%s", code, out, stderr)
+	}
+
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	if code := a.wait(t); code != 0 || !strings.Contains(a.stderr.String(), "resigned svc") {
+		t.Fatalf("a: exit %d\n%s", code, a.stderr)
+	}
+	b.waitOutput(t, "leading svc", b.stderr)
+	watcher.waitOutput(t, `"node-b"`, watcher.stdout)
+	b.cmd.Process.Signal(syscall.SIGINT)
+	if code := b.wait(t); code != 0 {
+		t.Fatalf("b: exit %d\n%s", code, b.stderr)
+	}
+	watcher.waitOutput(t, "no-leader", watcher.stdout)
+	watcher.cmd.Process.Signal(syscall.SIGINT)
+	if code := watcher.wait(t); code != 0 {
+		t.Fatalf("watcher: exit %d\n%s", code, watcher.stderr)
+	}
+	// Every line has a time, the revision and the event, in revision order.
+	var last int64
+	for _, l := range strings.Split(strings.TrimSpace(watcher.stdout.String()), "\n") {
+		f := strings.Fields(l)
+		rev, err := strconv.ParseInt(f[2], 10, 64)
+		if len(f) < 4 || f[1] != "rev" || err != nil || rev < last {
+			t.Fatalf("line %q of\n%s", l, watcher.stdout)
+		}
+		last = rev
+	}
+	if keys := env.Keys(t, "svc/"); len(keys) != 0 {
+		t.Fatalf("keys left: %v", keys)
+	}
+}
