@@ -157,6 +157,7 @@ func TestCampaign_failedByEtcdOutageLeavesNoKey(t *testing.T) {
 	env.WaitKeys(t, "outage/", 2)
 	fault.PauseTx()
 	fault.PauseRx()
+	proxytest.WaitCutOff(t, env.Proxy.Client())
 	ccancel()
 	if r := wait(t, ch); status.Code(r.err) != codes.Canceled {
 		t.Fatalf("campaign ended with %v, want Canceled", r.err)

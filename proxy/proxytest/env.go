@@ -221,3 +221,16 @@ func FaultProxy(t testing.TB, toURL string) (etcdproxy.Server, string) {
 	t.Cleanup(func() { p.Close() })
 	return p, "http://" + from.Host
 }
+
+// WaitCutOff waits until a request through cli goes unanswered. A paused
+// FaultProxy still forwards what it had read when it was paused, so a test
+// that needs the next request to fail waits for this first.
+func WaitCutOff(t testing.TB, cli *clientv3.Client) {
+	t.Helper()
+	WaitFor(t, 30*time.Second, func() (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		_, err := cli.Get(ctx, "coordproxy-cut-off-probe")
+		return err != nil, "etcd still answers through the paused fault proxy"
+	})
+}
