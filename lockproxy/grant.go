@@ -4,23 +4,14 @@ import (
 	"context"
 	"errors"
 
-	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
-// Errors of coordproxy's own services for input they refuse before touching
-// etcd.
-var (
-	// errLeaseMissing: etcd's Lock grants a lease nobody keeps alive for lease
-	// 0 (contract.md, problem 7); coordproxy's own API does not.
-	errLeaseMissing = status.Error(codes.InvalidArgument,
-		`"lease" field must be the ID of a lease the caller keeps alive; this API never grants one`)
-	errKeyMissing = status.Error(codes.InvalidArgument, `"key" field must be provided`)
-)
+// errKeyMissing: Release or RWLock Unlock without a key.
+var errKeyMissing = status.Error(codes.InvalidArgument, `"key" field must be provided`)
 
 // turn is what a semaphore's or read/write lock's waiter waits for.
 type turn struct {
@@ -54,7 +45,7 @@ func (b *Backend) waitGrant(ctx context.Context, t turn) (*pb.ResponseHeader, er
 		waiting.Dec()
 
 		if errors.Is(err, errKeyGone) {
-			return nil, concurrency.ErrSessionExpired
+			return nil, errSessionExpired
 		}
 		if err != nil {
 			b.Abandon(t.key, t.rev)
@@ -71,7 +62,7 @@ func (b *Backend) waitGrant(ctx context.Context, t turn) (*pb.ResponseHeader, er
 		}
 		own := resp.Responses[0].GetResponseRange().Kvs
 		if len(own) == 0 || own[0].CreateRevision != t.rev {
-			return nil, concurrency.ErrSessionExpired
+			return nil, errSessionExpired
 		}
 		if int64(len(resp.Responses[1].GetResponseRange().Kvs)) >= t.allowed {
 			// Keys are never created with an old revision, so a turn the
@@ -101,16 +92,4 @@ func (b *Backend) removeNow(ctx context.Context, key string, rev int64) {
 	if err != nil {
 		b.Abandon(key, rev)
 	}
-}
-
-// held is the answer to a granted Acquire, RLock or WLock.
-func held(h *pb.ResponseHeader, key string, rev int64, lease clientv3.LeaseID) *coordproxyv1.Held {
-	return &coordproxyv1.Held{Header: extHeader(h), Key: []byte(key), FencingToken: rev, Lease: int64(lease)}
-}
-
-func extHeader(h *pb.ResponseHeader) *coordproxyv1.ResponseHeader {
-	if h == nil {
-		return nil
-	}
-	return &coordproxyv1.ResponseHeader{ClusterId: h.ClusterId, MemberId: h.MemberId, Revision: h.Revision, RaftTerm: h.RaftTerm}
 }

@@ -38,8 +38,8 @@ func (s *RWLocks) lock(ctx context.Context, req *coordproxyv1.RWLockRequest, wri
 	switch {
 	case len(req.Name) == 0:
 		return nil, ErrNameMissing
-	case req.Lease <= 0:
-		return nil, errLeaseMissing
+	case req.Lease == 0:
+		return nil, ErrLeaseMissing
 	}
 	name, lease := string(req.Name), clientv3.LeaseID(req.Lease)
 	// RWMutex.RLock waits on pfx+"write", Lock on pfx: the same prefixes.
@@ -77,7 +77,7 @@ func (s *RWLocks) lock(ctx context.Context, req *coordproxyv1.RWLockRequest, wri
 		return nil, ctx.Err()
 	}
 	s.b.HoldPrefix(ServiceRWLock, name, k.key, k.rev)
-	return held(hdr, k.key, k.rev, lease), nil
+	return held(grant{hdr, k.key, k.rev}, lease), nil
 }
 
 type rwKey struct {
@@ -146,7 +146,7 @@ func (s *RWLocks) Unlock(ctx context.Context, req *coordproxyv1.UnlockRequest) (
 	if !resp.Succeeded && len(resp.Responses[0].GetResponseRange().Kvs) > 0 {
 		return nil, errNotRWLockKey
 	}
-	return &coordproxyv1.UnlockResponse{Header: extHeader(resp.Header)}, nil
+	return &coordproxyv1.UnlockResponse{Header: Header(resp.Header)}, nil
 }
 
 // isRWLockKey: <anything>read/<digits> or <anything>write/<digits>.

@@ -36,8 +36,8 @@ func (s *Semaphores) Acquire(ctx context.Context, req *coordproxyv1.AcquireReque
 	switch {
 	case len(req.Name) == 0:
 		return nil, ErrNameMissing
-	case req.Lease <= 0:
-		return nil, errLeaseMissing
+	case req.Lease == 0:
+		return nil, ErrLeaseMissing
 	case req.Limit < 1:
 		return nil, errLimitInvalid
 	}
@@ -69,7 +69,7 @@ func (s *Semaphores) Acquire(ctx context.Context, req *coordproxyv1.AcquireReque
 		return nil, ctx.Err()
 	}
 	s.b.Hold(ServiceSemaphore, name, key, a.rev)
-	return held(hdr, key, a.rev, lease), nil
+	return held(grant{hdr, key, a.rev}, lease), nil
 }
 
 // acquire is concurrency.Mutex's tryAcquire transaction with the limit as the
@@ -143,5 +143,5 @@ func (s *Semaphores) Release(ctx context.Context, req *coordproxyv1.ReleaseReque
 	if !resp.Succeeded && len(resp.Responses[0].GetResponseRange().Kvs) > 0 {
 		return nil, errNotSemaphoreKey
 	}
-	return &coordproxyv1.ReleaseResponse{Header: extHeader(resp.Header)}, nil
+	return &coordproxyv1.ReleaseResponse{Header: Header(resp.Header)}, nil
 }
