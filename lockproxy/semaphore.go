@@ -145,3 +145,43 @@ func (s *Semaphores) Release(ctx context.Context, req *coordproxyv1.ReleaseReque
 	}
 	return &coordproxyv1.ReleaseResponse{Header: Header(resp.Header)}, nil
 }
+
+// Describe reads name's limit (from its keys' values; 0 when nobody holds or
+// waits), the holders with their leases' TTLs, and the waiters in the order
+// they will be granted.
+func (s *Semaphores) Describe(ctx context.Context, req *coordproxyv1.DescribeRequest) (*coordproxyv1.SemaphoreDescription, error) {
+	if len(req.Name) == 0 {
+		return nil, ErrNameMissing
+	}
+	name := string(req.Name)
+	// The limit decides how many keys hold, and is read before them: if the
+	// name emptied and filled again with another limit in between, read again.
+	for {
+		limit, err := s.limit(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		hdr, held, waiters, waiting, err := s.b.Describe(ctx, name, int(limit), req.Limit)
+		if err != nil {
+			return nil, err
+		}
+		if len(held) > 0 && string(held[0].Value) != strconv.FormatInt(limit, 10) ||
+			len(held) == 0 && len(waiters) > 0 {
+			continue
+		}
+		return &coordproxyv1.SemaphoreDescription{Header: hdr, Limit: limit, Holders: held, Waiters: waiters, Waiting: waiting}, nil
+	}
+}
+
+// limit is the limit name's oldest key gives, 0 if there is none.
+func (s *Semaphores) limit(ctx context.Context, name string) (int64, error) {
+	resp, err := s.b.ReadQueue(ctx, name, 1)
+	if err != nil || len(resp.Kvs) == 0 {
+		return 0, err
+	}
+	limit, err := strconv.ParseInt(string(resp.Kvs[0].Value), 10, 64)
+	if err != nil || limit < 1 {
+		return 0, status.Errorf(codes.FailedPrecondition, "name %q is not a semaphore's: key %q has no limit (a lock or an election?)", name, resp.Kvs[0].Key)
+	}
+	return limit, nil
+}
