@@ -9,7 +9,7 @@ import (
 // Lock is etcd's Lock (the same keys, transaction and waiting) answering
 // with the fencing token: the ownership key's create revision, which grows
 // with every grant, so that a resource can refuse writes from a holder that
-// has since lost the lock (docs/fencing.md).
+// has since lost the lock (docs/extensions.md).
 func (l *Locks) Lock(ctx context.Context, req *coordproxyv1.LockRequest) (*coordproxyv1.Held, error) {
 	name, lease, err := lockArgs(req)
 	if err != nil {

@@ -269,7 +269,7 @@ type Held struct {
 	Key []byte `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
 	// fencing_token is key's create revision. It grows with every grant of
 	// every name, so a resource that remembers the highest token it has seen
-	// can refuse a write from an older holder (docs/fencing.md).
+	// can refuse a write from an older holder (docs/extensions.md).
 	FencingToken  int64 `protobuf:"varint,3,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
 	Lease         int64 `protobuf:"varint,4,opt,name=lease,proto3" json:"lease,omitempty"`
 	unknownFields protoimpl.UnknownFields
