@@ -16,8 +16,8 @@ type RWMutex struct {
 	held *coordproxyv1.Held
 }
 
-// NewRWMutex returns an RWMutex on prefix (used as recipes.NewRWMutex uses
-// it: the keys are prefix + "read/…" and prefix + "write/…").
+// NewRWMutex returns an RWMutex on prefix, as recipes.NewRWMutex(s, prefix)
+// (the keys are prefix + "/read/…" and prefix + "/write/…").
 func NewRWMutex(s *concurrency.Session, prefix string) *RWMutex {
 	return &RWMutex{s: s, rw: coordproxyv1.NewRWLockServiceClient(s.Client().ActiveConnection()), name: prefix}
 }

@@ -302,12 +302,7 @@ func (b *Backend) Abandon(key string, rev int64) { b.cleaner.remove(key, rev) }
 // queue, and so its watch, for that long. A key counted already is not
 // counted twice.
 func (b *Backend) Hold(service, name, key string, rev int64) {
-	b.HoldPrefix(service, Prefix(name), key, rev)
-}
-
-// HoldPrefix is Hold for a key whose queue is prefix rather than a lock
-// name's: a read/write lock's keys live under its name as given.
-func (b *Backend) HoldPrefix(service, prefix, key string, rev int64) {
+	prefix := Prefix(name)
 	id := heldKey{key, rev}
 	b.mu.Lock()
 	if _, ok := b.held[id]; ok || b.stopCtx.Err() != nil {

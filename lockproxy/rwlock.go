@@ -14,15 +14,16 @@ import (
 )
 
 // A read/write lock keeps the keys of etcd's experimental/recipes RWMutex:
-// the name is the recipe's prefix as it is used (NewRWMutex(s, "x") is name
-// "x/"), a reader's key is name+"read/"+UnixNano, a writer's
-// name+"write/"+UnixNano, attached to the caller's lease. A reader holds once
+// the name is the prefix given to recipe.NewRWMutex, which appends "/"
+// (name "x" is NewRWMutex(s, "x")); a reader's key is
+// name+"/read/"+UnixNano, a writer's name+"/write/"+UnixNano, attached to
+// the caller's lease. A reader holds once
 // no writer's key is older than its own, a writer once no key under the name
 // is; the proxy waits for that on the name's shared watch where the recipe
 // watches the blocking key itself.
 
 var errNotRWLockKey = status.Error(codes.InvalidArgument,
-	`"key" field is not a read/write lock key: want <name>read/<number> or <name>write/<number> of a key attached to a lease`)
+	`"key" field is not a read/write lock key: want <name>/read/<number> or <name>/write/<number> of a key attached to a lease`)
 
 // RLock waits until no writer that came earlier holds or waits.
 func (s *RWLocks) RLock(ctx context.Context, req *coordproxyv1.RWLockRequest) (*coordproxyv1.Held, error) {
@@ -41,13 +42,13 @@ func (s *RWLocks) lock(ctx context.Context, req *coordproxyv1.RWLockRequest, wri
 	case req.Lease == 0:
 		return nil, ErrLeaseMissing
 	}
-	name, lease := string(req.Name), clientv3.LeaseID(req.Lease)
+	pfx, lease := Prefix(string(req.Name)), clientv3.LeaseID(req.Lease)
 	// RWMutex.RLock waits on pfx+"write", Lock on pfx: the same prefixes.
-	role, blockPrefix := "read", name+"write"
+	role, blockPrefix := "read", pfx+"write"
 	if write {
-		role, blockPrefix = "write", name
+		role, blockPrefix = "write", pfx
 	}
-	k, err := s.create(ctx, name+role, lease, blockPrefix)
+	k, err := s.create(ctx, pfx+role, lease, blockPrefix)
 	if err != nil {
 		return nil, err
 	}
@@ -56,7 +57,7 @@ func (s *RWLocks) lock(ctx context.Context, req *coordproxyv1.RWLockRequest, wri
 		blocks := func(key []byte) bool { return strings.HasPrefix(string(key), blockPrefix) }
 		hdr, err = s.b.waitGrant(ctx, turn{
 			service: ServiceRWLock,
-			prefix:  name,
+			prefix:  pfx,
 			key:     k.key,
 			rev:     k.rev,
 			wait: func(ctx context.Context, q *Queue) error {
@@ -76,7 +77,7 @@ func (s *RWLocks) lock(ctx context.Context, req *coordproxyv1.RWLockRequest, wri
 		s.b.Abandon(k.key, k.rev)
 		return nil, ctx.Err()
 	}
-	s.b.HoldPrefix(ServiceRWLock, name, k.key, k.rev)
+	s.b.Hold(ServiceRWLock, string(req.Name), k.key, k.rev)
 	return held(grant{hdr, k.key, k.rev}, lease), nil
 }
 

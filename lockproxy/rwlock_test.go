@@ -55,8 +55,8 @@ func (p *proxyRW) unlock(ctx context.Context) error {
 	return err
 }
 
-// recipeRW is recipes.RWMutex for the recipe's prefix: the proxy's name is
-// prefix + "/".
+// recipeRW is recipes.RWMutex for the recipe's prefix, which is the
+// proxy's name.
 type recipeRW struct {
 	sess   *concurrency.Session
 	prefix string
@@ -194,7 +194,7 @@ func TestRWLock_writersExcludeEveryoneMixedWithRecipeRWMutex(t *testing.T) {
 	users := make([]rwClient, clients)
 	for i := range users {
 		if i%2 == 0 {
-			users[i] = &proxyRW{env: env, name: "rw/", lease: env.Grant(t, 60)}
+			users[i] = &proxyRW{env: env, name: "rw", lease: env.Grant(t, 60)}
 		} else {
 			users[i] = newRecipeRW(t, recipes, "rw")
 		}
@@ -263,11 +263,10 @@ func TestRWLock_readersShareAndWritersWaitForThem(t *testing.T) {
 		{"proxy reader then recipe reader, proxy writer", "proxy", "recipe", "proxy"},
 	} {
 		t.Run(tc.desc, func(t *testing.T) {
-			prefix := strings.ReplaceAll(tc.desc, " ", "-")
-			name := prefix + "/"
+			name := strings.ReplaceAll(tc.desc, " ", "-")
 			user := func(kind string) rwClient {
 				if kind == "recipe" {
-					return newRecipeRW(t, env.KV, prefix)
+					return newRecipeRW(t, env.KV, name)
 				}
 				return &proxyRW{env: env, name: name, lease: env.Grant(t, 60)}
 			}
@@ -331,7 +330,7 @@ func TestRWLock_cancelledWaitersLeaveNoKeys(t *testing.T) {
 	env.Keys(t, "gone/")
 	watchers0, goroutines0 := etcdWatchers(t), runtime.NumGoroutine()
 
-	writer, err := env.RWLocks.WLock(ctx, &coordproxyv1.RWLockRequest{Name: []byte("gone/"), Lease: leases[waiters]})
+	writer, err := env.RWLocks.WLock(ctx, &coordproxyv1.RWLockRequest{Name: []byte("gone"), Lease: leases[waiters]})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -353,7 +352,7 @@ func TestRWLock_cancelledWaitersLeaveNoKeys(t *testing.T) {
 			f = rw.WLock
 		}
 		calls = append(calls, start(func() error {
-			h, err := f(cctx, &coordproxyv1.RWLockRequest{Name: []byte("gone/"), Lease: lease})
+			h, err := f(cctx, &coordproxyv1.RWLockRequest{Name: []byte("gone"), Lease: lease})
 			if err == nil {
 				_, err = env.RWLocks.Unlock(ctx, &coordproxyv1.UnlockRequest{Key: h.Key})
 			}
@@ -396,7 +395,7 @@ func TestRWLock_cancelledWaitersLeaveNoKeys(t *testing.T) {
 func TestRWLock_waiterWhoseLeaseEndsIsToldAtOnce(t *testing.T) {
 	env := proxytest.New(t, proxy.Config{})
 	ctx := proxytest.Ctx(t)
-	writer, err := env.RWLocks.WLock(ctx, &coordproxyv1.RWLockRequest{Name: []byte("exp/"), Lease: env.Grant(t, 60)})
+	writer, err := env.RWLocks.WLock(ctx, &coordproxyv1.RWLockRequest{Name: []byte("exp"), Lease: env.Grant(t, 60)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -407,7 +406,7 @@ func TestRWLock_waiterWhoseLeaseEndsIsToldAtOnce(t *testing.T) {
 			if write {
 				f = env.RWLocks.WLock
 			}
-			_, err := f(ctx, &coordproxyv1.RWLockRequest{Name: []byte("exp/"), Lease: lease})
+			_, err := f(ctx, &coordproxyv1.RWLockRequest{Name: []byte("exp"), Lease: lease})
 			return err
 		})
 		env.WaitKeys(t, "exp/", 2)
@@ -433,7 +432,7 @@ func TestRWLockService_invalidRequestsWriteNothing(t *testing.T) {
 		field string
 	}{
 		{"no name", &coordproxyv1.RWLockRequest{Lease: lease}, `"name"`},
-		{"lease 0", &coordproxyv1.RWLockRequest{Name: []byte("v/")}, `"lease"`},
+		{"lease 0", &coordproxyv1.RWLockRequest{Name: []byte("v")}, `"lease"`},
 	} {
 		for _, f := range []func(context.Context, *coordproxyv1.RWLockRequest, ...grpc.CallOption) (*coordproxyv1.Held, error){env.RWLocks.RLock, env.RWLocks.WLock} {
 			_, err := f(ctx, tc.req)
@@ -468,7 +467,7 @@ func TestRWLockUnlock_refusesKeysThatAreNotReadWriteLockKeys(t *testing.T) {
 		t.Fatalf("%d keys left, want all 5", n)
 	}
 	// A reader's key is deleted; one already gone is success.
-	h, err := env.RWLocks.RLock(ctx, &coordproxyv1.RWLockRequest{Name: []byte("ok/"), Lease: lease})
+	h, err := env.RWLocks.RLock(ctx, &coordproxyv1.RWLockRequest{Name: []byte("ok"), Lease: lease})
 	if err != nil {
 		t.Fatal(err)
 	}

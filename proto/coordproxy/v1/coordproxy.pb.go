@@ -876,9 +876,8 @@ func (x *SemaphoreDescription) GetWaiting() int64 {
 
 type RWLockRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// name is the prefix given to etcd's recipes.NewRWMutex, used as it is:
-	// readers' keys are name + "read/" + a number, writers' name + "write/" +
-	// a number.
+	// name is the prefix given to etcd's recipes.NewRWMutex: readers' keys
+	// are name + "/read/" + a number, writers' name + "/write/" + a number.
 	Name          []byte `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Lease         int64  `protobuf:"varint,2,opt,name=lease,proto3" json:"lease,omitempty"`
 	unknownFields protoimpl.UnknownFields
