@@ -93,7 +93,6 @@ func TestElection_campaignProclaimResignObservedWithConcurrencyElection(t *testi
 	}
 }
 
-
 func TestElection_describeListsLeaderAndCandidates(t *testing.T) {
 	env := proxytest.New(t, proxy.Config{})
 	ctx := proxytest.Ctx(t)
