@@ -1,9 +1,11 @@
 package proxy_test
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/coordproxy/coordproxy/proxy"
@@ -63,4 +65,57 @@ func TestGateway_lockServiceRoutes(t *testing.T) {
 	if keys := env.Keys(t, "gw-lock/"); len(keys) != 0 {
 		t.Fatalf("keys left: %v", keys)
 	}
+}
+
+// SemaphoreService and RWLockService over the JSON gateway.
+func TestGateway_semaphoreAndRWLockRoutes(t *testing.T) {
+	env := proxytest.New(t, proxy.Config{})
+	base := "http://" + env.Proxy.Addr().String()
+	lease := env.Grant(t, 30)
+
+	code, body := post(t, base, "/coordproxy/v1/semaphore/acquire", fmt.Sprintf(`{"name":%q,"lease":"%d","limit":"2"}`, b64("gw-sem"), lease))
+	var held struct {
+		Key string `json:"key"`
+	}
+	if err := json.Unmarshal([]byte(body), &held); code != 200 || err != nil || held.Key == "" {
+		t.Fatalf("acquire: %d %s", code, body)
+	}
+	code, body = post(t, base, "/coordproxy/v1/semaphore/describe", fmt.Sprintf(`{"name":%q}`, b64("gw-sem")))
+	var d struct {
+		Limit   string `json:"limit"`
+		Holders []struct {
+			Key string `json:"key"`
+		} `json:"holders"`
+	}
+	if err := json.Unmarshal([]byte(body), &d); code != 200 || err != nil || d.Limit != "2" || len(d.Holders) != 1 || d.Holders[0].Key != held.Key {
+		t.Fatalf("describe: %d %s", code, body)
+	}
+	if code, body = post(t, base, "/coordproxy/v1/semaphore/release", fmt.Sprintf(`{"key":%q}`, held.Key)); code != 200 {
+		t.Fatalf("release: %d %s", code, body)
+	}
+	if code, body = post(t, base, "/coordproxy/v1/semaphore/acquire", fmt.Sprintf(`{"name":%q,"lease":"%d"}`, b64("gw-sem"), lease)); code != 400 {
+		t.Fatalf("acquire without a limit: %d %s, want 400", code, body)
+	}
+
+	for _, route := range []string{"rlock", "wlock"} {
+		code, body = post(t, base, "/coordproxy/v1/rwlock/"+route, fmt.Sprintf(`{"name":%q,"lease":"%d"}`, b64("gw-rw-"+route), lease))
+		if err := json.Unmarshal([]byte(body), &held); code != 200 || err != nil || !strings.HasPrefix(mustB64Decode(t, held.Key), "gw-rw-"+route+"/") {
+			t.Fatalf("%s: %d %s", route, code, body)
+		}
+		if code, body = post(t, base, "/coordproxy/v1/rwlock/unlock", fmt.Sprintf(`{"key":%q}`, held.Key)); code != 200 {
+			t.Fatalf("unlock: %d %s", code, body)
+		}
+	}
+	if keys := env.Keys(t, "gw-"); len(keys) != 0 {
+		t.Fatalf("keys left: %v", keys)
+	}
+}
+
+func mustB64Decode(t *testing.T, s string) string {
+	t.Helper()
+	b, err := base64.StdEncoding.DecodeString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
