@@ -159,11 +159,12 @@ func (b *Backend) WithStop(ctx context.Context) (context.Context, context.Cancel
 	}
 }
 
-// CallErr maps an error of a call whose context came from WithStop: a call
-// cut short because the proxy is stopping answers Unavailable, as an etcd
-// member that stops does; anything else is returned as etcd's service would.
+// CallErr maps an error of a call whose context came from WithStop, or of a
+// queue wait given the Backend's stop (errStopping): a call cut short
+// because the proxy is stopping answers Unavailable, as an etcd member that
+// stops does; anything else is returned as etcd's service would.
 func (b *Backend) CallErr(ctx context.Context, err error) error {
-	if errors.Is(context.Cause(ctx), errStopping) || errors.Is(err, ErrQueueStopped) {
+	if errors.Is(context.Cause(ctx), errStopping) || errors.Is(err, errStopping) || errors.Is(err, ErrQueueStopped) {
 		return rpctypes.ErrGRPCStopped
 	}
 	return err
@@ -281,13 +282,10 @@ func (b *Backend) NoteLease0(rpc, name, what string, attrs ...any) {
 // gone, key is removed so that no ghost waiter blocks the queue.
 // service (ServiceLock or ServiceElection) labels the waiters gauge.
 func (b *Backend) Wait(ctx context.Context, service, name, key string, rev int64) (*pb.ResponseHeader, error) {
-	ctx, cancel := b.WithStop(ctx)
-	defer cancel()
-
 	waiting := b.metrics.Waiting.WithLabelValues(service)
 	waiting.Inc()
 	q := b.Queues.Acquire(Prefix(name))
-	err := q.WaitTurn(ctx, key, rev)
+	err := q.WaitTurn(ctx, b.stopCtx.Done(), key, rev)
 	b.Queues.Release(q)
 	waiting.Dec()
 
@@ -298,6 +296,8 @@ func (b *Backend) Wait(ctx context.Context, service, name, key string, rev int64
 		b.Abandon(key, rev)
 		return nil, b.CallErr(ctx, err)
 	}
+	ctx, cancel := b.WithStop(ctx)
+	defer cancel()
 	resp, err := b.For(ctx).Get(ctx, key)
 	if err != nil {
 		b.Abandon(key, rev)
