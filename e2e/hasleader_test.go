@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -93,11 +94,28 @@ func TestHasLeader_callsAndStreamsEndWithNoLeaderAsOnEtcd(t *testing.T) {
 		}()
 	}
 
+	// coordproxy's own ElectionService.Observe ends as etcd's Observe does.
+	ext, err := coordproxyv1.NewElectionServiceClient(conns["proxy"]).Observe(leaderCtx, &coordproxyv1.ObserveRequest{Name: []byte("proxy-election")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ext.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			if _, err := ext.Recv(); err != nil {
+				ends <- streamEnd{"proxy ElectionService.Observe", err}
+				return
+			}
+		}
+	}()
+
 	c.kill(c.members[1])
 	c.kill(c.members[2])
 
 	want := status.Convert(rpctypes.ErrGRPCNoLeader).String()
-	for range 4 {
+	for range 5 {
 		select {
 		case e := <-ends:
 			if got := status.Convert(e.err).String(); got != want {

@@ -157,6 +157,7 @@ func TestCampaign_failedByEtcdOutageLeavesNoKey(t *testing.T) {
 	env.WaitKeys(t, "outage/", 2)
 	fault.PauseTx()
 	fault.PauseRx()
+	proxytest.WaitCutOff(t, env.Proxy.Client())
 	ccancel()
 	if r := wait(t, ch); status.Code(r.err) != codes.Canceled {
 		t.Fatalf("campaign ended with %v, want Canceled", r.err)
@@ -297,6 +298,10 @@ func TestObserve_deliversEveryChangeInOrder(t *testing.T) {
 	// delete in a batch (#7815, #18163).
 	env := proxytest.New(t, proxy.Config{})
 	ctx := proxytest.Ctx(t)
+	l1, l2 := env.Grant(t, 60), env.Grant(t, 60)
+	k1 := lockproxy.OwnerKey("e", clientv3.LeaseID(l1))
+	k2 := lockproxy.OwnerKey("e", clientv3.LeaseID(l2))
+	c1 := campaign(t, env, "e", l1, "a0")
 	s, err := env.Election.Observe(ctx, &epb.LeaderRequest{Name: []byte("e")})
 	if err != nil {
 		t.Fatal(err)
@@ -312,12 +317,18 @@ func TestObserve_deliversEveryChangeInOrder(t *testing.T) {
 			got <- change{string(m.Kv.Key), string(m.Kv.Value)}
 		}
 	}()
-	l1, l2 := env.Grant(t, 60), env.Grant(t, 60)
-	k1 := lockproxy.OwnerKey("e", clientv3.LeaseID(l1))
-	k2 := lockproxy.OwnerKey("e", clientv3.LeaseID(l2))
-	c1 := campaign(t, env, "e", l1, "a0")
+	// The stream is registered once it has answered the current leader:
+	// a stream opened on an election without one answers nothing, and the
+	// changes below could come before the proxy's first read.
+	select {
+	case c := <-got:
+		if c != (change{k1, "a0"}) {
+			t.Fatalf("first answer %v, want the current leader %s=a0", c, k1)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no current leader within 30s")
+	}
 	var want []change
-	want = append(want, change{k1, "a0"})
 	for i := 1; i <= 5; i++ {
 		v := fmt.Sprintf("a%d", i)
 		if _, err := env.Election.Proclaim(ctx, &epb.ProclaimRequest{Leader: c1, Value: []byte(v)}); err != nil {

@@ -1,6 +1,7 @@
 package electionproxy
 
 import (
+	"context"
 	"errors"
 
 	"github.com/coordproxy/coordproxy/lockproxy"
@@ -15,44 +16,68 @@ import (
 // change is dropped when several land in one watch response (etcd #7815,
 // #18163).
 func (s *Server) Observe(req *epb.LeaderRequest, stream epb.Election_ObserveServer) error {
-	if len(req.Name) == 0 {
+	return observeLeader(stream.Context(), s.b, req.Name,
+		func(resp *clientv3.GetResponse) error {
+			if len(resp.Kvs) == 0 {
+				return nil
+			}
+			return stream.Send(&epb.LeaderResponse{Header: resp.Header, Kv: resp.Kvs[0]})
+		},
+		func(ch lockproxy.LeaderChange) error {
+			if ch.Kv == nil {
+				return nil // no leader: etcd sends nothing then
+			}
+			return stream.Send(&epb.LeaderResponse{Header: ch.Header, Kv: ch.Kv})
+		})
+}
+
+// observeLeader is what both services' Observe do: it registers with the
+// election's shared queue, reads the current leader, and hands first that
+// read, then each leader change after it in revision order, to the stream's
+// own callbacks, until one of them fails or the stream ends. Changes at or
+// before the read's revision are skipped. The callbacks' errors end the
+// stream as they are.
+//
+// A stream that falls more than the Backend's observe buffer behind ends
+// with errObserverTooSlow; one whose caller requires a leader (etcd's
+// "hasleader") ends with "etcdserver: no leader" when etcd loses it, as
+// etcd's does; one cut short by the proxy stopping, Unavailable.
+func observeLeader(sctx context.Context, b *lockproxy.Backend, name []byte,
+	first func(*clientv3.GetResponse) error, next func(lockproxy.LeaderChange) error) error {
+	if len(name) == 0 {
 		return errNameMissing
 	}
-	ctx, cancel := s.b.WithStop(stream.Context())
+	ctx, cancel := b.WithStop(sctx)
 	defer cancel()
-	pfx := lockproxy.Prefix(string(req.Name))
+	pfx := lockproxy.Prefix(string(name))
 
-	q := s.b.Queues.Acquire(pfx)
-	defer s.b.Queues.Release(q)
-	o, err := q.Observe(ctx, s.b.ObserveBuffer())
+	q := b.Queues.Acquire(pfx)
+	defer b.Queues.Release(q)
+	o, err := q.Observe(ctx, b.ObserveBuffer())
 	if err != nil {
-		return s.b.CallErr(ctx, err)
+		return b.CallErr(ctx, err)
 	}
 	defer q.StopObserving(o)
 
 	// The first answer is a linearizable read taken after the observer was
 	// registered: every change after it arrives on o, earlier ones are
 	// skipped by revision.
-	resp, err := s.b.For(ctx).Get(ctx, pfx, clientv3.WithFirstCreate()...)
+	resp, err := b.For(ctx).Get(ctx, pfx, clientv3.WithFirstCreate()...)
 	if err != nil {
-		return s.b.CallErr(ctx, err)
+		return b.CallErr(ctx, err)
 	}
-	// A caller that requires a leader (etcd's "hasleader") has its stream
-	// ended with "etcdserver: no leader" when etcd loses it, as etcd does.
 	var leaderLost <-chan struct{}
-	if lockproxy.RequiresLeader(stream.Context()) {
-		leaderLost = s.b.Leader.Lost()
+	if lockproxy.RequiresLeader(sctx) {
+		leaderLost = b.Leader.Lost()
 	}
 	seen := resp.Header.Revision
-	if len(resp.Kvs) > 0 {
-		if err := stream.Send(&epb.LeaderResponse{Header: resp.Header, Kv: resp.Kvs[0]}); err != nil {
-			return err
-		}
+	if err := first(resp); err != nil {
+		return err
 	}
 	for {
 		select {
 		case <-ctx.Done():
-			return s.b.CallErr(ctx, ctx.Err())
+			return b.CallErr(ctx, ctx.Err())
 		case <-leaderLost:
 			return rpctypes.ErrGRPCNoLeader
 		case ch, ok := <-o.C:
@@ -60,12 +85,12 @@ func (s *Server) Observe(req *epb.LeaderRequest, stream epb.Election_ObserveServ
 				if errors.Is(o.Err(), lockproxy.ErrObserverTooSlow) {
 					return errObserverTooSlow
 				}
-				return s.b.CallErr(ctx, o.Err())
+				return b.CallErr(ctx, o.Err())
 			}
-			if ch.Rev <= seen || ch.Kv == nil {
-				continue // before the first answer, or no leader: etcd sends nothing then
+			if ch.Rev <= seen {
+				continue // already in the first answer
 			}
-			if err := stream.Send(&epb.LeaderResponse{Header: ch.Header, Kv: ch.Kv}); err != nil {
+			if err := next(ch); err != nil {
 				return err
 			}
 		}

@@ -199,11 +199,11 @@ func (b *Backend) Detached(ctx context.Context) (context.Context, context.Cancel
 func (b *Backend) Acquire(ctx context.Context, txn func(context.Context) (*clientv3.TxnResponse, error)) (resp *clientv3.TxnResponse, err error) {
 	actx, cancel := b.Detached(ctx)
 	defer cancel()
-	b.workers.do(sendQueue(actx), func() { resp, err = b.acquire(ctx, actx, txn) })
+	b.workers.do(sendQueue(actx), func() { resp, err = b.sendAcquire(ctx, actx, txn) })
 	return resp, err
 }
 
-func (b *Backend) acquire(ctx, actx context.Context, txn func(context.Context) (*clientv3.TxnResponse, error)) (*clientv3.TxnResponse, error) {
+func (b *Backend) sendAcquire(ctx, actx context.Context, txn func(context.Context) (*clientv3.TxnResponse, error)) (*clientv3.TxnResponse, error) {
 	resp, err := txn(actx)
 	if err == nil || !outcomeUnknown(err) {
 		return resp, err
@@ -325,6 +325,7 @@ func (b *Backend) Abandon(key string, rev int64) { b.cleaner.remove(key, rev) }
 // queue, and so its watch, for that long. A key counted already is not
 // counted twice.
 func (b *Backend) Hold(service, name, key string, rev int64) {
+	prefix := Prefix(name)
 	id := heldKey{key, rev}
 	b.mu.Lock()
 	if _, ok := b.held[id]; ok || b.stopCtx.Err() != nil {
@@ -336,7 +337,7 @@ func (b *Backend) Hold(service, name, key string, rev int64) {
 	b.mu.Unlock()
 	holders := b.metrics.Holders.WithLabelValues(service)
 	holders.Inc()
-	q := b.Queues.Acquire(Prefix(name))
+	q := b.Queues.Acquire(prefix)
 	go func() {
 		defer b.holds.Done()
 		err := q.WaitGone(b.stopCtx, key, rev)

@@ -1,6 +1,7 @@
 package lockproxy
 
 import (
+	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -13,6 +14,13 @@ var (
 	// ErrNameMissing: an empty name makes the prefix "/", which overlaps every
 	// lock and election whose name starts with "/".
 	ErrNameMissing = status.Error(codes.InvalidArgument, `"name" field must be provided`)
+
+	// ErrLeaseMissing: coordproxy's own API never grants a lease for the
+	// caller (etcd's Lock grants one that nobody keeps alive).
+	ErrLeaseMissing = status.Error(codes.InvalidArgument,
+		`"lease" field must be provided: grant a lease and keep it alive while holding or waiting`)
+
+	errSessionExpired = concurrency.ErrSessionExpired
 
 	errNotOwnerKey = status.Error(codes.InvalidArgument,
 		`"key" field is not a lock ownership key: want <name>/<lease ID in hex> of a key attached to that lease`)

@@ -19,26 +19,43 @@ func (s *Server) Lock(ctx context.Context, req *v3lockpb.LockRequest) (*v3lockpb
 	if err != nil {
 		return nil, err
 	}
-	key := OwnerKey(name, lease)
-	a, err := s.acquire(ctx, name, key, lease)
+	g, err := s.b.lock(ctx, name, lease)
 	if err != nil {
 		return nil, err
 	}
+	return &v3lockpb.LockResponse{Header: g.header, Key: []byte(g.key)}, nil
+}
+
+// grant is a lock (or semaphore) granted to a call.
+type grant struct {
+	header *pb.ResponseHeader
+	key    string
+	rev    int64 // create revision of key: the fencing token
+}
+
+// lock takes name for lease: concurrency.Mutex's transaction, then, if an
+// earlier key holds it, the shared wait and the post-wait ownership check.
+func (b *Backend) lock(ctx context.Context, name string, lease clientv3.LeaseID) (grant, error) {
+	key := OwnerKey(name, lease)
+	a, err := b.acquire(ctx, name, key, lease)
+	if err != nil {
+		return grant{}, err
+	}
 	if !a.owner {
-		hdr, err := s.b.Wait(ctx, ServiceLock, name, key, a.rev)
+		hdr, err := b.Wait(ctx, ServiceLock, name, key, a.rev)
 		if err != nil {
-			return nil, err
+			return grant{}, err
 		}
-		s.b.Hold(ServiceLock, name, key, a.rev)
-		return &v3lockpb.LockResponse{Header: hdr, Key: []byte(key)}, nil
+		b.Hold(ServiceLock, name, key, a.rev)
+		return grant{hdr, key, a.rev}, nil
 	}
 	if ctx.Err() != nil && a.created {
 		// The client left while we took the lock for it.
-		s.b.Abandon(key, a.rev)
-		return nil, ctx.Err()
+		b.Abandon(key, a.rev)
+		return grant{}, ctx.Err()
 	}
-	s.b.Hold(ServiceLock, name, key, a.rev)
-	return &v3lockpb.LockResponse{Header: a.header, Key: []byte(key)}, nil
+	b.Hold(ServiceLock, name, key, a.rev)
+	return grant{a.header, key, a.rev}, nil
 }
 
 type acquisition struct {
@@ -51,11 +68,11 @@ type acquisition struct {
 // acquire is concurrency.Mutex's tryAcquire transaction. Once sent, it runs
 // detached from the client's cancellation so that the proxy always learns
 // whether it created a key, and can remove it if the client has gone.
-func (s *Server) acquire(ctx context.Context, name, key string, lease clientv3.LeaseID) (acquisition, error) {
+func (b *Backend) acquire(ctx context.Context, name, key string, lease clientv3.LeaseID) (acquisition, error) {
 	pfx := Prefix(name)
 	getOwner := clientv3.OpGet(pfx, clientv3.WithFirstCreate()...)
-	resp, err := s.b.Acquire(ctx, func(ctx context.Context) (*clientv3.TxnResponse, error) {
-		return s.b.For(ctx).Txn(ctx).
+	resp, err := b.Acquire(ctx, func(ctx context.Context) (*clientv3.TxnResponse, error) {
+		return b.For(ctx).Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 			Then(clientv3.OpPut(key, "", clientv3.WithLease(lease)), getOwner).
 			Else(clientv3.OpGet(key), getOwner).

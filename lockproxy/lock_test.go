@@ -441,6 +441,7 @@ func TestLock_waiterKeyRemovedAfterEtcdComesBack(t *testing.T) {
 	env.WaitKeys(t, "outage/", 2)
 	fault.PauseTx()
 	fault.PauseRx()
+	proxytest.WaitCutOff(t, env.Proxy.Client())
 	cancel()
 	if code := status.Code(c.wait(t)); code != codes.Canceled {
 		t.Fatalf("waiter ended with %v, want Canceled", c.err)

@@ -4,8 +4,10 @@ import "github.com/prometheus/client_golang/prometheus"
 
 // Services label the gauges by the API whose calls they count.
 const (
-	ServiceLock     = "lock"
-	ServiceElection = "election"
+	ServiceLock      = "lock"
+	ServiceElection  = "election"
+	ServiceSemaphore = "semaphore"
+	ServiceRWLock    = "rwlock"
 )
 
 // Metrics are the counters and gauges the Lock and Election services keep.
@@ -32,17 +34,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Waiting: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "coordproxy",
 			Name:      "waiters",
-			Help:      "Lock (service=lock) and Campaign (service=election) calls to this proxy waiting in the queue for their turn.",
+			Help: "Lock (service=lock), Campaign (service=election), semaphore Acquire (service=semaphore) and RLock/WLock (service=rwlock) " +
+				"calls to this proxy waiting in the queue for their turn.",
 		}, []string{"service"}),
 		Holders: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "coordproxy",
 			Name:      "holders",
-			Help: "Locks (service=lock) and leaderships (service=election) this proxy granted whose key its watch of the name has not yet seen deleted " +
-				"(by Unlock or Resign through any proxy, or by lease expiry or revocation); the proxy keeps that watch while it counts a holder. " +
+			Help: "Locks (service=lock), leaderships (service=election), semaphore slots (service=semaphore) and read/write locks (service=rwlock) this proxy granted whose key its watch of the name has not yet seen deleted " +
+				"(by Unlock, Release or Resign through any proxy, or by lease expiry or revocation); the proxy keeps that watch while it counts a holder. " +
 				"Grants through other proxies or straight from etcd are not counted.",
 		}, []string{"service"}),
 	}
-	for _, svc := range []string{ServiceLock, ServiceElection} {
+	for _, svc := range []string{ServiceLock, ServiceElection, ServiceSemaphore, ServiceRWLock} {
 		m.Waiting.WithLabelValues(svc)
 		m.Holders.WithLabelValues(svc)
 	}

@@ -3,6 +3,7 @@ package lockproxy
 import (
 	"context"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
@@ -13,7 +14,14 @@ import (
 // that is attached to that lease, in one transaction, and refuses anything
 // else with InvalidArgument. A key that is already gone is success, as in etcd.
 func (s *Server) Unlock(ctx context.Context, req *v3lockpb.UnlockRequest) (*v3lockpb.UnlockResponse, error) {
-	key := string(req.Key)
+	hdr, err := s.b.unlock(ctx, string(req.Key))
+	if err != nil {
+		return nil, err
+	}
+	return &v3lockpb.UnlockResponse{Header: hdr}, nil
+}
+
+func (b *Backend) unlock(ctx context.Context, key string) (*pb.ResponseHeader, error) {
 	if key == "" {
 		return nil, rpctypes.ErrEmptyKey // etcd's answer to an empty key
 	}
@@ -21,7 +29,7 @@ func (s *Server) Unlock(ctx context.Context, req *v3lockpb.UnlockRequest) (*v3lo
 	if !ok {
 		return nil, errNotOwnerKey
 	}
-	resp, err := s.b.For(ctx).Txn(ctx).
+	resp, err := b.For(ctx).Txn(ctx).
 		If(clientv3.Compare(clientv3.LeaseValue(key), "=", lease)).
 		Then(clientv3.OpDelete(key)).
 		Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).
@@ -32,5 +40,5 @@ func (s *Server) Unlock(ctx context.Context, req *v3lockpb.UnlockRequest) (*v3lo
 	if !resp.Succeeded && len(resp.Responses[0].GetResponseRange().Kvs) > 0 {
 		return nil, errNotOwnerKey
 	}
-	return &v3lockpb.UnlockResponse{Header: resp.Header}, nil
+	return resp.Header, nil
 }

@@ -152,6 +152,7 @@ type Queue struct {
 	keys      map[string]*mvccpb.KeyValue
 	order     []*mvccpb.KeyValue // ascending (CreateRevision, Key)
 	waits     map[string][]chan struct{}
+	ranks     map[int]int      // WaitRank's waiters by rank n
 	leader    *mvccpb.KeyValue // order[0] as last told to observers
 	observers map[*Observer]struct{}
 }
@@ -166,6 +167,7 @@ func newQueue(qs *Queues, prefix string) *Queue {
 		ready:     make(chan struct{}),
 		keys:      map[string]*mvccpb.KeyValue{},
 		waits:     map[string][]chan struct{}{},
+		ranks:     map[int]int{},
 		observers: map[*Observer]struct{}{},
 	}
 }
@@ -364,11 +366,19 @@ func (q *Queue) removeLocked(kv *mvccpb.KeyValue) {
 		// The holder leaving is the common case: no copying.
 		q.order[0] = nil
 		q.order = q.order[1:]
-		return
+	} else {
+		copy(q.order[i:], q.order[i+1:])
+		q.order[len(q.order)-1] = nil
+		q.order = q.order[:len(q.order)-1]
 	}
-	copy(q.order[i:], q.order[i+1:])
-	q.order[len(q.order)-1] = nil
-	q.order = q.order[:len(q.order)-1]
+	// A key leaving from among the first n moves exactly one key into them:
+	// the one now at n-1. Waking just that waiter spares WaitRank from
+	// watching all n keys ahead of it.
+	for n := range q.ranks {
+		if i < n && n-1 < len(q.order) {
+			q.wakeLocked(string(q.order[n-1].Key))
+		}
+	}
 }
 
 func (q *Queue) wakeLocked(key string) {
@@ -456,11 +466,71 @@ func (q *Queue) WaitGone(ctx context.Context, key string, rev int64) error {
 	})
 }
 
-// waitFor is the loop of WaitTurn and WaitGone, once the queue's view is
-// ready: check runs under q.mu and either ends the wait (done, with err) or
-// names the keys (appended to watch) whose changes could change its answer;
-// the wait then sleeps until one of them changes, ctx ends, stop is closed
-// (errStopping) or the queue stops, and checks again.
+// WaitRank blocks until, as the shared watch sees it, fewer than n keys under
+// the prefix have a create revision below rev: key is among the first n, the
+// holders of a semaphore of limit n. Like WaitTurn, it returns errKeyGone as
+// soon as key no longer exists with create revision rev; the caller confirms
+// the grant with a linearizable read.
+//
+// It watches only key: whenever a key leaves from among the first n, the
+// queue wakes the waiter of the key that moved up to place n-1 (see
+// removeLocked), so a hand-off wakes one waiter, whatever n is.
+func (q *Queue) WaitRank(ctx context.Context, key string, rev int64, n int) error {
+	q.mu.Lock()
+	q.ranks[n]++
+	q.mu.Unlock()
+	defer func() {
+		q.mu.Lock()
+		if q.ranks[n]--; q.ranks[n] == 0 {
+			delete(q.ranks, n)
+		}
+		q.mu.Unlock()
+	}()
+	return q.waitFor(ctx, nil, func(watch []string) ([]string, bool, error) {
+		if q.rev < rev {
+			return append(watch, key), false, nil
+		}
+		kv := q.keys[key]
+		if kv == nil || kv.CreateRevision != rev {
+			return nil, true, errKeyGone
+		}
+		if q.index(rev, nil) < n {
+			return nil, true, nil
+		}
+		return append(watch, key), false, nil
+	})
+}
+
+// WaitNoneBefore blocks until, as the shared watch sees it, no key for which
+// blocks is true has a create revision below rev: the condition of
+// recipes.RWMutex's waitOnLastRev loop (a reader waits for the earlier
+// writers). Like the recipe it watches the last such key only: the ones
+// before it cannot all be gone while it stays. It returns errKeyGone as soon
+// as key no longer exists with create revision rev.
+func (q *Queue) WaitNoneBefore(ctx context.Context, key string, rev int64, blocks func(key []byte) bool) error {
+	return q.waitFor(ctx, nil, func(watch []string) ([]string, bool, error) {
+		if q.rev < rev {
+			return append(watch, key), false, nil
+		}
+		kv := q.keys[key]
+		if kv == nil || kv.CreateRevision != rev {
+			return nil, true, errKeyGone
+		}
+		for i := q.index(rev, nil) - 1; i >= 0; i-- {
+			if blocks(q.order[i].Key) {
+				return append(watch, key, string(q.order[i].Key)), false, nil
+			}
+		}
+		return nil, true, nil
+	})
+}
+
+// waitFor is the loop of WaitTurn, WaitGone, WaitRank and WaitNoneBefore,
+// once the queue's view is ready: check runs under q.mu and either ends the
+// wait (done, with err) or names the keys (appended to watch) whose changes
+// could change its answer; the wait then sleeps until one of them changes,
+// ctx ends, stop is closed (errStopping) or the queue stops, and checks
+// again.
 func (q *Queue) waitFor(ctx context.Context, stop <-chan struct{}, check func(watch []string) (keys []string, done bool, err error)) error {
 	if err := q.waitReady(ctx, stop); err != nil {
 		return err

@@ -12,6 +12,7 @@ import (
 	"net/http/pprof"
 	"time"
 
+	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	gw "github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/tmc/grpc-websocket-proxy/wsproxy"
@@ -52,6 +53,10 @@ func newGateway(ctx context.Context, conn *grpc.ClientConn, log *slog.Logger) (h
 		etcdservergw.RegisterAuthHandler,
 		v3lockgw.RegisterLockHandler,
 		v3electiongw.RegisterElectionHandler,
+		coordproxyv1.RegisterLockServiceHandler,
+		coordproxyv1.RegisterSemaphoreServiceHandler,
+		coordproxyv1.RegisterRWLockServiceHandler,
+		coordproxyv1.RegisterElectionServiceHandler,
 	} {
 		if err := register(ctx, gwmux, conn); err != nil {
 			return nil, err
@@ -82,11 +87,12 @@ type wsLogger struct{ log *slog.Logger }
 func (w wsLogger) Warnln(v ...any)  { w.log.Warn(fmt.Sprint(v...), "component", "gateway") }
 func (w wsLogger) Debugln(v ...any) { w.log.Debug(fmt.Sprint(v...), "component", "gateway") }
 
-// httpMux serves the JSON gateway under /v3/, /healthz, /readyz, /metrics,
+// httpMux serves the JSON gateway under /v3/ and /coordproxy/v1/, /healthz, /readyz, /metrics,
 // and with Config.Pprof Go's profiles under /debug/pprof/.
 func (s *Server) httpMux(gateway http.Handler) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("/v3/", gateway)
+	mux.Handle("/coordproxy/v1/", gateway)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, healthBody{Status: "ok"})
 	})

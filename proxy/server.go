@@ -15,6 +15,7 @@ import (
 
 	"github.com/coordproxy/coordproxy/electionproxy"
 	"github.com/coordproxy/coordproxy/lockproxy"
+	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	middleware "github.com/grpc-ecosystem/go-grpc-middleware/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/soheilhy/cmux"
@@ -141,6 +142,8 @@ type Server struct {
 var servedServices = []string{
 	"v3lockpb.Lock", "v3electionpb.Election",
 	"etcdserverpb.KV", "etcdserverpb.Watch", "etcdserverpb.Lease", "etcdserverpb.Maintenance", "etcdserverpb.Auth",
+	coordproxyv1.LockService_ServiceDesc.ServiceName, coordproxyv1.SemaphoreService_ServiceDesc.ServiceName,
+	coordproxyv1.RWLockService_ServiceDesc.ServiceName, coordproxyv1.ElectionService_ServiceDesc.ServiceName,
 }
 
 // New returns a Server for cfg; Start or Run starts it.
@@ -289,6 +292,10 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	pb.RegisterLeaseServer(s.grpc, &leaseServer{ns: s.cfg.Namespace, b: s.backend})
 	pb.RegisterMaintenanceServer(s.grpc, &maintenanceServer{b: s.backend})
 	pb.RegisterAuthServer(s.grpc, &authServer{b: s.backend})
+	coordproxyv1.RegisterLockServiceServer(s.grpc, lockproxy.NewLocks(s.backend))
+	coordproxyv1.RegisterSemaphoreServiceServer(s.grpc, lockproxy.NewSemaphores(s.backend))
+	coordproxyv1.RegisterRWLockServiceServer(s.grpc, lockproxy.NewRWLocks(s.backend))
+	coordproxyv1.RegisterElectionServiceServer(s.grpc, electionproxy.NewElections(s.backend))
 	s.health = health.NewServer()
 	for _, svc := range append([]string{""}, servedServices...) {
 		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)

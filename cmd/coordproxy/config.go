@@ -69,7 +69,10 @@ func parseConfig(args []string, usage io.Writer) (Config, error) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.SetOutput(usage)
-			fmt.Fprintln(usage, "Usage: coordproxy [flags]\n\nEach flag can also be set as COORDPROXY_<NAME> in the environment; flags win.")
+			fmt.Fprintln(usage, "Usage: coordproxy [flags]\n"+
+				"       coordproxy lock|elect|describe [flags] NAME ...   (clients of a running proxy; -h for each)\n"+
+				"       coordproxy probe URL                             (health check)\n\n"+
+				"Each flag can also be set as COORDPROXY_<NAME> in the environment; flags win.")
 			fs.PrintDefaults()
 			return c, errHelp
 		}

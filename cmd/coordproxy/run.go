@@ -17,10 +17,21 @@ import (
 
 // run is the whole program: it returns the exit code. Configuration errors
 // exit 2, failures while running exit 1, both with one line on stderr.
-// `coordproxy probe URL` is the health check command instead (probe.go).
+// `coordproxy probe URL` is the health check command instead (probe.go);
+// `coordproxy lock|elect|describe` are clients of a running proxy
+// (lockcmd.go, electcmd.go, describecmd.go).
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 && args[0] == "probe" {
-		return probe(args[1:], stdout, stderr)
+	if len(args) > 0 {
+		switch args[0] {
+		case "probe":
+			return probe(args[1:], stdout, stderr)
+		case "lock":
+			return lockCmd(args[1:], os.Stdin, stdout, stderr)
+		case "elect":
+			return electCmd(args[1:], stdout, stderr)
+		case "describe":
+			return describeCmd(args[1:], stdout, stderr)
+		}
 	}
 	m := &Main{Stdout: stdout, Stderr: stderr}
 	if err := m.ParseFlags(args); err != nil {

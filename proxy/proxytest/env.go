@@ -2,14 +2,15 @@ package proxytest
 
 import (
 	"context"
-	"github.com/prometheus/client_golang/prometheus"
 	"net"
 	"net/url"
 	"strconv"
 	"testing"
 	"time"
 
+	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	"github.com/coordproxy/coordproxy/proxy"
+	"github.com/prometheus/client_golang/prometheus"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -31,6 +32,11 @@ type Env struct {
 	Lock     v3lockpb.LockClient
 	Election v3electionpb.ElectionClient
 	Lease    pb.LeaseClient
+	// Clients of coordproxy's own API (proto/coordproxy/v1).
+	Locks      coordproxyv1.LockServiceClient
+	Semaphores coordproxyv1.SemaphoreServiceClient
+	RWLocks    coordproxyv1.RWLockServiceClient
+	Elections  coordproxyv1.ElectionServiceClient
 }
 
 // New starts etcd and a proxy in front of it.
@@ -54,6 +60,11 @@ func NewProxyEnv(t testing.TB, etcd *proxy.EmbeddedEtcd, etcdURL string, cfg pro
 		Lock:     v3lockpb.NewLockClient(conn),
 		Election: v3electionpb.NewElectionClient(conn),
 		Lease:    pb.NewLeaseClient(conn),
+
+		Locks:      coordproxyv1.NewLockServiceClient(conn),
+		Semaphores: coordproxyv1.NewSemaphoreServiceClient(conn),
+		RWLocks:    coordproxyv1.NewRWLockServiceClient(conn),
+		Elections:  coordproxyv1.NewElectionServiceClient(conn),
 	}
 }
 
@@ -209,4 +220,17 @@ func FaultProxy(t testing.TB, toURL string) (etcdproxy.Server, string) {
 	}()
 	t.Cleanup(func() { p.Close() })
 	return p, "http://" + from.Host
+}
+
+// WaitCutOff waits until a request through cli goes unanswered. A paused
+// FaultProxy still forwards what it had read when it was paused, so a test
+// that needs the next request to fail waits for this first.
+func WaitCutOff(t testing.TB, cli *clientv3.Client) {
+	t.Helper()
+	WaitFor(t, 30*time.Second, func() (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		_, err := cli.Get(ctx, "coordproxy-cut-off-probe")
+		return err != nil, "etcd still answers through the paused fault proxy"
+	})
 }

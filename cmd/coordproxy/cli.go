@@ -1,0 +1,132 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+	"go.uber.org/zap"
+	"golang.org/x/term"
+)
+
+// The client subcommands (lock, elect, describe) talk to a running
+// coordproxy, never to etcd: the proxy passes etcd's Lease service through,
+// so their sessions keep their leases alive through it.
+
+// defaultAddr is where `go run ./cmd/coordproxy` serves.
+const defaultAddr = "127.0.0.1:23790"
+
+// cliFlags are the flags every client subcommand has.
+type cliFlags struct {
+	addr        string
+	ttl         int
+	dialTimeout time.Duration
+	cacert      string
+	cert        string
+	key         string
+}
+
+func (c *cliFlags) register(fs *flag.FlagSet) {
+	addr := os.Getenv("COORDPROXY_ADDR")
+	if addr == "" {
+		addr = defaultAddr
+	}
+	fs.StringVar(&c.addr, "addr", addr, "comma-separated host:port of coordproxy replicas (env COORDPROXY_ADDR)")
+	fs.IntVar(&c.ttl, "ttl", 10, "TTL in seconds of the lease held while waiting and holding; kept alive while the command runs")
+	fs.DurationVar(&c.dialTimeout, "dial-timeout", 5*time.Second, "bound for connecting to coordproxy")
+	fs.StringVar(&c.cacert, "cacert", "", "CA certificates (PEM) that verify a coordproxy serving TLS")
+	fs.StringVar(&c.cert, "cert", "", "client certificate (PEM) for a coordproxy that requires one")
+	fs.StringVar(&c.key, "key", "", "private key (PEM) of --cert")
+}
+
+func (c *cliFlags) check() error {
+	if c.ttl < 1 {
+		return fmt.Errorf("invalid --ttl %d: must be at least 1 second", c.ttl)
+	}
+	if (c.cert == "") != (c.key == "") {
+		return errors.New("--cert and --key go together")
+	}
+	for _, a := range strings.Split(c.addr, ",") {
+		if strings.TrimSpace(a) == "" {
+			return fmt.Errorf("invalid --addr %q: want host:port[,host:port...]", c.addr)
+		}
+	}
+	return nil
+}
+
+// dial connects to coordproxy.
+func (c *cliFlags) dial(ctx context.Context) (*clientv3.Client, error) {
+	cfg := clientv3.Config{
+		Endpoints:   strings.Split(c.addr, ","),
+		DialTimeout: c.dialTimeout,
+		Logger:      zap.NewNop(),
+		Context:     ctx,
+	}
+	if c.cacert != "" || c.cert != "" {
+		tlsInfo := transport.TLSInfo{TrustedCAFile: c.cacert, CertFile: c.cert, KeyFile: c.key}
+		tls, err := tlsInfo.ClientConfig()
+		if err != nil {
+			return nil, err
+		}
+		cfg.TLS = tls
+	}
+	cli, err := clientv3.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	// New does not wait for the connection: a status call tells at once
+	// whether a coordproxy answers there.
+	sctx, cancel := context.WithTimeout(ctx, c.dialTimeout)
+	defer cancel()
+	if _, err := cli.Status(sctx, cfg.Endpoints[0]); err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("no coordproxy answers at %s: %w", c.addr, err)
+	}
+	return cli, nil
+}
+
+// session grants the lease the command holds with, kept alive until Close.
+func (c *cliFlags) session(cli *clientv3.Client) (*concurrency.Session, error) {
+	return concurrency.NewSession(cli, concurrency.WithTTL(c.ttl))
+}
+
+// parseCLI parses a subcommand's flags; done is true when it printed help
+// or a usage error (code is then the exit code).
+func parseCLI(fs *flag.FlagSet, usage string, args []string, stdout, stderr io.Writer) (code int, done bool) {
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(stdout, usage)
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
+			return 0, true
+		}
+		return cliUsageError(stderr, fs.Name(), err.Error()), true
+	}
+	return 0, false
+}
+
+func cliUsageError(stderr io.Writer, cmd, msg string) int {
+	fmt.Fprintf(stderr, "%s: %s (see %s -h)\n", cmd, msg, cmd)
+	return 2
+}
+
+// isTerminal tells whether w is a terminal, where progress is redrawn in
+// place rather than printed line by line.
+func isTerminal(w any) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// since formats how long ago t was, for humans.
+func since(t time.Time) string {
+	return time.Since(t).Truncate(100 * time.Millisecond).String()
+}
