@@ -59,7 +59,8 @@ func (s *Server) Campaign(ctx context.Context, req *epb.CampaignRequest) (*epb.C
 	// Leader at once if no older candidate exists, as concurrency's own
 	// first read finds; the read is linearizable and shows our key, so it is
 	// also the ownership check. Otherwise wait in the queue.
-	first, err := s.b.For(ctx).Get(ctx, lockproxy.Prefix(name), clientv3.WithFirstCreate()...)
+	var first *clientv3.GetResponse
+	s.b.BeforeWait(ctx, func() { first, err = s.b.For(ctx).Get(ctx, lockproxy.Prefix(name), clientv3.WithFirstCreate()...) })
 	if err != nil {
 		s.b.Abandon(key, rev)
 		return nil, err

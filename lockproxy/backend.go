@@ -34,6 +34,11 @@ type Options struct {
 	// Callers, if set, is a client without the proxy's etcd credentials,
 	// for requests that carry a caller's own etcd token (see For).
 	Callers *clientv3.Client
+	// Workers is how many goroutines send the etcd requests that calls make
+	// before they wait (see workers; 0: 128). More calls than that wait for
+	// one, on the same terms as for a slot to etcd, so it should be no less
+	// than the proxy's bound on requests in flight to etcd.
+	Workers int
 }
 
 // Backend is what the Lock and Election services share: the etcd client, the
@@ -51,6 +56,7 @@ type Backend struct {
 	log           *slog.Logger
 	metrics       *Metrics
 	cleaner       *cleaner
+	workers       *workers
 
 	stopCtx context.Context
 	stop    context.CancelFunc
@@ -89,6 +95,9 @@ func NewBackend(client *clientv3.Client, opts Options) *Backend {
 	if opts.Metrics == nil {
 		opts.Metrics = NewMetrics(nil)
 	}
+	if opts.Workers <= 0 {
+		opts.Workers = 128
+	}
 	stopCtx, stop := context.WithCancel(context.Background())
 	return &Backend{
 		Client:        client,
@@ -99,6 +108,7 @@ func NewBackend(client *clientv3.Client, opts Options) *Backend {
 		log:           opts.Logger,
 		metrics:       opts.Metrics,
 		cleaner:       newCleaner(client, opts.RequestTimeout, opts.Logger, opts.Metrics),
+		workers:       newWorkers(opts.Workers),
 		Leader:        newLeaderWatch(stopCtx, client.Watcher),
 		stopCtx:       stopCtx,
 		stop:          stop,
@@ -136,6 +146,7 @@ func (b *Backend) Close(ctx context.Context) {
 	b.holds.Wait()
 	b.cleaner.wait(ctx)
 	b.Queues.Close()
+	b.workers.close()
 }
 
 // WithStop derives a context that Stop cancels too.
@@ -148,11 +159,12 @@ func (b *Backend) WithStop(ctx context.Context) (context.Context, context.Cancel
 	}
 }
 
-// CallErr maps an error of a call whose context came from WithStop: a call
-// cut short because the proxy is stopping answers Unavailable, as an etcd
-// member that stops does; anything else is returned as etcd's service would.
+// CallErr maps an error of a call whose context came from WithStop, or of a
+// queue wait given the Backend's stop (errStopping): a call cut short
+// because the proxy is stopping answers Unavailable, as an etcd member that
+// stops does; anything else is returned as etcd's service would.
 func (b *Backend) CallErr(ctx context.Context, err error) error {
-	if errors.Is(context.Cause(ctx), errStopping) || errors.Is(err, ErrQueueStopped) {
+	if errors.Is(context.Cause(ctx), errStopping) || errors.Is(err, errStopping) || errors.Is(err, ErrQueueStopped) {
 		return rpctypes.ErrGRPCStopped
 	}
 	return err
@@ -184,9 +196,14 @@ func (b *Backend) Detached(ctx context.Context) (context.Context, context.Cancel
 // exists and with which create revision, so the proxy can hand it to the
 // caller or clean it up. Without this, a waiter key could stay behind with
 // nobody knowing of it.
-func (b *Backend) Acquire(ctx context.Context, txn func(context.Context) (*clientv3.TxnResponse, error)) (*clientv3.TxnResponse, error) {
+func (b *Backend) Acquire(ctx context.Context, txn func(context.Context) (*clientv3.TxnResponse, error)) (resp *clientv3.TxnResponse, err error) {
 	actx, cancel := b.Detached(ctx)
 	defer cancel()
+	b.workers.do(sendQueue(actx), func() { resp, err = b.sendAcquire(ctx, actx, txn) })
+	return resp, err
+}
+
+func (b *Backend) sendAcquire(ctx, actx context.Context, txn func(context.Context) (*clientv3.TxnResponse, error)) (*clientv3.TxnResponse, error) {
 	resp, err := txn(actx)
 	if err == nil || !outcomeUnknown(err) {
 		return resp, err
@@ -212,6 +229,11 @@ func (b *Backend) Acquire(ctx context.Context, txn func(context.Context) (*clien
 	}
 }
 
+// BeforeWait runs f, an etcd request that a call makes on ctx before it
+// waits, on one of the Backend's workers, so that the call's goroutine keeps
+// the small stack that waiting needs (see workers).
+func (b *Backend) BeforeWait(ctx context.Context, f func()) { b.workers.do(sendQueue(ctx), f) }
+
 // outcomeUnknown: etcd gave up waiting for the request, which may still be
 // applied.
 func outcomeUnknown(err error) bool {
@@ -229,7 +251,9 @@ func (b *Backend) Lease(ctx context.Context, rpc, name string, id int64) (client
 	if id != 0 {
 		return clientv3.LeaseID(id), nil
 	}
-	resp, err := b.For(ctx).Grant(ctx, Lease0TTL)
+	var resp *clientv3.LeaseGrantResponse
+	var err error
+	b.BeforeWait(ctx, func() { resp, err = b.For(ctx).Grant(ctx, Lease0TTL) })
 	if err != nil {
 		return 0, err
 	}
@@ -258,13 +282,10 @@ func (b *Backend) NoteLease0(rpc, name, what string, attrs ...any) {
 // gone, key is removed so that no ghost waiter blocks the queue.
 // service (ServiceLock or ServiceElection) labels the waiters gauge.
 func (b *Backend) Wait(ctx context.Context, service, name, key string, rev int64) (*pb.ResponseHeader, error) {
-	ctx, cancel := b.WithStop(ctx)
-	defer cancel()
-
 	waiting := b.metrics.Waiting.WithLabelValues(service)
 	waiting.Inc()
 	q := b.Queues.Acquire(Prefix(name))
-	err := q.WaitTurn(ctx, key, rev)
+	err := q.WaitTurn(ctx, b.stopCtx.Done(), key, rev)
 	b.Queues.Release(q)
 	waiting.Dec()
 
@@ -275,6 +296,8 @@ func (b *Backend) Wait(ctx context.Context, service, name, key string, rev int64
 		b.Abandon(key, rev)
 		return nil, b.CallErr(ctx, err)
 	}
+	ctx, cancel := b.WithStop(ctx)
+	defer cancel()
 	resp, err := b.For(ctx).Get(ctx, key)
 	if err != nil {
 		b.Abandon(key, rev)

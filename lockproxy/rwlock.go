@@ -62,7 +62,7 @@ func (s *RWLocks) lock(ctx context.Context, req *coordproxyv1.RWLockRequest, wri
 			rev:     k.rev,
 			wait: func(ctx context.Context, q *Queue) error {
 				if write {
-					return q.WaitTurn(ctx, k.key, k.rev)
+					return q.WaitTurn(ctx, nil, k.key, k.rev)
 				}
 				return q.WaitNoneBefore(ctx, k.key, k.rev, blocks)
 			},

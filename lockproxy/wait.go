@@ -407,11 +407,13 @@ func (q *Queue) unwaitLocked(key string, ch chan struct{}) {
 	}
 }
 
-func (q *Queue) waitReady(ctx context.Context) error {
+func (q *Queue) waitReady(ctx context.Context, stop <-chan struct{}) error {
 	select {
 	case <-q.ready:
 	case <-ctx.Done():
 		return ctx.Err()
+	case <-stop:
+		return errStopping
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -429,8 +431,12 @@ func (q *Queue) waitReady(ctx context.Context) error {
 // The view is exact as of the queue's revision and keys are never created
 // with an old revision, so once the view reaches rev the answer stays true;
 // the caller still confirms key with a linearizable read.
-func (q *Queue) WaitTurn(ctx context.Context, key string, rev int64) error {
-	return q.waitFor(ctx, func(watch []string) ([]string, bool, error) {
+//
+// When stop is closed first it returns errStopping. (A context derived from
+// ctx for that would cost each waiting call some 700 bytes of heap for as
+// long as it waits.)
+func (q *Queue) WaitTurn(ctx context.Context, stop <-chan struct{}, key string, rev int64) error {
+	return q.waitFor(ctx, stop, func(watch []string) ([]string, bool, error) {
 		if q.rev < rev {
 			// The view has not yet seen the key's own creation.
 			return append(watch, key), false, nil
@@ -450,7 +456,7 @@ func (q *Queue) WaitTurn(ctx context.Context, key string, rev int64) error {
 // WaitGone blocks until, as the shared watch sees it, key no longer exists
 // with create revision rev, or ctx ends, or the queue stops.
 func (q *Queue) WaitGone(ctx context.Context, key string, rev int64) error {
-	return q.waitFor(ctx, func(watch []string) ([]string, bool, error) {
+	return q.waitFor(ctx, nil, func(watch []string) ([]string, bool, error) {
 		if q.rev >= rev {
 			if kv := q.keys[key]; kv == nil || kv.CreateRevision != rev {
 				return nil, true, nil
@@ -480,7 +486,7 @@ func (q *Queue) WaitRank(ctx context.Context, key string, rev int64, n int) erro
 		}
 		q.mu.Unlock()
 	}()
-	return q.waitFor(ctx, func(watch []string) ([]string, bool, error) {
+	return q.waitFor(ctx, nil, func(watch []string) ([]string, bool, error) {
 		if q.rev < rev {
 			return append(watch, key), false, nil
 		}
@@ -502,7 +508,7 @@ func (q *Queue) WaitRank(ctx context.Context, key string, rev int64, n int) erro
 // before it cannot all be gone while it stays. It returns errKeyGone as soon
 // as key no longer exists with create revision rev.
 func (q *Queue) WaitNoneBefore(ctx context.Context, key string, rev int64, blocks func(key []byte) bool) error {
-	return q.waitFor(ctx, func(watch []string) ([]string, bool, error) {
+	return q.waitFor(ctx, nil, func(watch []string) ([]string, bool, error) {
 		if q.rev < rev {
 			return append(watch, key), false, nil
 		}
@@ -523,9 +529,10 @@ func (q *Queue) WaitNoneBefore(ctx context.Context, key string, rev int64, block
 // once the queue's view is ready: check runs under q.mu and either ends the
 // wait (done, with err) or names the keys (appended to watch) whose changes
 // could change its answer; the wait then sleeps until one of them changes,
-// ctx ends or the queue stops, and checks again.
-func (q *Queue) waitFor(ctx context.Context, check func(watch []string) (keys []string, done bool, err error)) error {
-	if err := q.waitReady(ctx); err != nil {
+// ctx ends, stop is closed (errStopping) or the queue stops, and checks
+// again.
+func (q *Queue) waitFor(ctx context.Context, stop <-chan struct{}, check func(watch []string) (keys []string, done bool, err error)) error {
+	if err := q.waitReady(ctx, stop); err != nil {
 		return err
 	}
 	wake := make(chan struct{}, 1)
@@ -550,6 +557,8 @@ func (q *Queue) waitFor(ctx context.Context, check func(watch []string) (keys []
 		case <-wake:
 		case <-ctx.Done():
 			err = ctx.Err()
+		case <-stop:
+			err = errStopping
 		}
 		q.mu.Lock()
 		for _, k := range watching {
@@ -588,7 +597,7 @@ func (o *Observer) Err() error {
 // observer that falls further behind is ended with ErrObserverTooSlow rather
 // than slowing the others or dropping a change silently.
 func (q *Queue) Observe(ctx context.Context, buffer int) (*Observer, error) {
-	if err := q.waitReady(ctx); err != nil {
+	if err := q.waitReady(ctx, nil); err != nil {
 		return nil, err
 	}
 	q.mu.Lock()

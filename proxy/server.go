@@ -270,6 +270,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		RequestTimeout: s.cfg.RequestTimeout,
 		ObserveBuffer:  s.cfg.ObserveBuffer,
 		QueueLinger:    s.cfg.QueueLinger,
+		Workers:        s.cfg.MaxEtcdRequests,
 		Logger:         s.log,
 		Metrics:        lockproxy.NewMetrics(s.cfg.Registry),
 	})

@@ -67,6 +67,7 @@ type bench struct {
 	observers      int
 	waiters        int
 	waitersTimeout time.Duration
+	heapProfile    string // where the waiters scenario saves the proxy's heap profile
 	etcdURL        string
 	etcd, proxy    *child
 	progressOut    io.Writer
@@ -118,6 +119,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	only := fs.String("scenarios", "", "comma-separated scenario ids to run (default all): "+scenarioIDs())
 	jsonOut := fs.String("json", "", "also write the results as JSON to this file")
 	cpuprofile := fs.String("proxy-cpuprofile", "", "write a CPU profile of the proxy process to this file")
+	heapprofile := fs.String("proxy-heapprofile", "", "write the proxy's heap profile (after a collection, while the waiters scenario's calls are all parked) to this file; with -proxy-env GODEBUG=memprofilerate=1 it records every allocation")
 	maxEtcdRequests := fs.Int("proxy-max-etcd-requests", 0, "the proxy's --max-etcd-requests (0: its default)")
 	memLimit := fs.String("proxy-gomemlimit", "", "GOMEMLIMIT of the proxy process only, e.g. 230MiB (default: none)")
 	var proxyEnv []string
@@ -149,7 +151,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 
 	b := &bench{duration: *duration, observers: *observers, waiters: *waiters, waitersTimeout: *waitersTimeout,
-		progressOut: stderr, runID: fmt.Sprintf("%x", time.Now().UnixNano())}
+		heapProfile: *heapprofile, progressOut: stderr, runID: fmt.Sprintf("%x", time.Now().UnixNano())}
 	if *endpoints == "" {
 		dir := *dataDir
 		if dir == "" {

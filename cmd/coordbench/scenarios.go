@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -496,6 +498,11 @@ func waitersScenario(ctx context.Context, b *bench, t target, scenario string) (
 	var mem map[string]int64
 	if t.name == "coordproxy" {
 		mem, _ = memStats(ctx, t.addr)
+		if b.heapProfile != "" {
+			if err := saveHeapProfile(ctx, t.addr, b.heapProfile); err != nil {
+				fmt.Fprintf(b.progressOut, "coordbench: proxy heap profile: %v\n", err)
+			}
+		}
 	}
 
 	stopWaiters()
@@ -561,6 +568,33 @@ func memStats(ctx context.Context, addr string) (map[string]int64, error) {
 		return nil, fmt.Errorf("no runtime.MemStats at %s", req.URL)
 	}
 	return m, sc.Err()
+}
+
+// saveHeapProfile writes the heap profile a Go process serves at
+// /debug/pprof/heap (the binary form, for go tool pprof) to file, after a
+// collection so that it shows what is live now.
+func saveHeapProfile(ctx context.Context, addr, file string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/debug/pprof/heap?gc=1", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", req.URL, resp.Status)
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 func mib(b int64) float64 { return float64(b*10/(1<<20)) / 10 }

@@ -35,6 +35,7 @@ type Config struct {
 	LogLevel        string        `envconfig:"LOG_LEVEL" flag:"log-level" default:"info" desc:"debug, info, warn or error"`
 	LogFormat       string        `envconfig:"LOG_FORMAT" flag:"log-format" default:"text" desc:"text (key=value) or json, one record a line"`
 	Pprof           bool          `envconfig:"PPROF" flag:"pprof" default:"false" desc:"serve Go's runtime profiles (net/http/pprof) under /debug/pprof/ on the listen port"`
+	AutoGoMemLimit  bool          `envconfig:"AUTO_GOMEMLIMIT" flag:"auto-gomemlimit" default:"true" desc:"unless GOMEMLIMIT is set, set the Go runtime's soft memory limit to 90% of the container's memory limit (cgroup memory.max), if it has one"`
 
 	// Named as in proxy.Config, whose FileError names the field: fileError
 	// finds the flag by that name.

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/KimMachineGun/automemlimit/memlimit"
 	"github.com/coordproxy/coordproxy/proxy"
 )
 
@@ -55,6 +56,9 @@ type Main struct {
 	Config         proxy.Config
 	Level          slog.Level
 	LogFormat      string // text or json
+	// AutoGoMemLimit sets the runtime's soft memory limit from the
+	// container's (setMemoryLimit).
+	AutoGoMemLimit bool
 }
 
 // ParseFlags reads the configuration from the environment and args and
@@ -65,6 +69,7 @@ func (m *Main) ParseFlags(args []string) error {
 		return err
 	}
 	m.LogFormat = c.LogFormat
+	m.AutoGoMemLimit = c.AutoGoMemLimit
 	m.Config, m.Level, err = c.proxyConfig()
 	return err
 }
@@ -76,6 +81,9 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 	m.Config.Logger = slog.New(h)
+	if m.AutoGoMemLimit {
+		setMemoryLimit(m.Config.Logger, memlimit.FromCgroup)
+	}
 	return proxy.New(m.Config).Run(ctx)
 }
 
