@@ -73,6 +73,10 @@ type bench struct {
 	progressOut    io.Writer
 	seq            atomic.Int64
 	runID          string
+	// etcd's watchers before the first scenario: the waiters scenario waits
+	// for those of earlier scenarios to end before it counts its own.
+	watchersAtStart    float64
+	watchersAtStartErr error
 }
 
 // unique gives each scenario run its own names.
@@ -186,6 +190,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	b.proxy = p
 	fmt.Fprintf(stderr, "coordproxy %s\n", p.addr)
 
+	b.watchersAtStart, b.watchersAtStartErr = etcdMetric(ctx, b.etcdURL, watcherMetric)
 	native, proxied := target{name: "etcd", addr: b.etcdURL}, target{name: "coordproxy", addr: p.addr}
 	var results []result
 	for _, s := range chosen {

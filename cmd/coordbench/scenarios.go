@@ -381,6 +381,28 @@ func observeScenario(ctx context.Context, b *bench, t target, scenario string) (
 
 const watcherMetric = "etcd_debugging_mvcc_watcher_total"
 
+// settleWatchers waits, for up to 45 s, until etcd has no more watchers than
+// before the first scenario: the watches of earlier scenarios (the clients'
+// closed streams, the proxy's queue watches, which it keeps 30 s after
+// their last use) would otherwise end during this one and blur its count.
+func (b *bench) settleWatchers(ctx context.Context, scenario string, t target) {
+	if b.watchersAtStartErr != nil {
+		return
+	}
+	deadline := time.Now().Add(45 * time.Second)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		n, err := etcdMetric(ctx, b.etcdURL, watcherMetric)
+		if err != nil || n <= b.watchersAtStart {
+			return
+		}
+		fmt.Fprintf(b.progressOut, "\r%s on %s: waiting for %v earlier etcd watchers to end   ", scenario, t.name, n-b.watchersAtStart)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
 // added is after-before, or the error that kept one of them from being read.
 func added(before float64, berr error, after float64, aerr error) any {
 	if err := errors.Join(berr, aerr); err != nil {
@@ -414,6 +436,7 @@ func waitersScenario(ctx context.Context, b *bench, t target, scenario string) (
 	defer kv.Close()
 
 	name := b.unique("waiters")
+	b.settleWatchers(ctx, scenario, t)
 	etcdRSS0, _ := b.etcdRSS()
 	proxyRSS0, _ := b.proxyRSS()
 	watchers0, werr0 := etcdMetric(ctx, b.etcdURL, watcherMetric)
