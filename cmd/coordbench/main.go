@@ -36,6 +36,14 @@ type scenario struct {
 	// memory etcd keeps after the native run does not count against the
 	// proxy.
 	proxyFirst bool
+	// freshEtcd runs the scenario on a new etcd and proxy (when coordbench
+	// starts etcd itself): what earlier scenarios did to etcd must not
+	// count. In etcd 3.7.3 native Observe streams that fell behind and were
+	// cancelled can leave their watchers behind and wedge etcd's own watch
+	// stream, after which native Lock waiters are never woken; 10 000
+	// native waiters leave etcd with a gigabyte more and its watch stream
+	// behind too (docs/benchmarks.md, "Native etcd after a scenario").
+	freshEtcd bool
 }
 
 var scenarios = []scenario{
@@ -57,8 +65,8 @@ var scenarios = []scenario{
 	}},
 	{id: "campaign", title: "Campaign+Proclaim+Resign, 1 client", run: campaignScenario},
 	{id: "hop", title: "KV Put+Delete, 1 client (the hop alone)", run: hopScenario},
-	{id: "observe", title: "Observe fan-out", run: observeScenario},
-	{id: "waiters", title: "blocked Lock waiters on 1 name", run: waitersScenario, proxyFirst: true},
+	{id: "observe", title: "Observe fan-out", run: observeScenario, freshEtcd: true},
+	{id: "waiters", title: "blocked Lock waiters on 1 name", run: waitersScenario, proxyFirst: true, freshEtcd: true},
 }
 
 // bench is one run.
@@ -122,7 +130,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	waitersTimeout := fs.Duration("waiters-timeout", 90*time.Second, "bound for parking the waiters, per target")
 	only := fs.String("scenarios", "", "comma-separated scenario ids to run (default all): "+scenarioIDs())
 	jsonOut := fs.String("json", "", "also write the results as JSON to this file")
-	cpuprofile := fs.String("proxy-cpuprofile", "", "write a CPU profile of the proxy process to this file")
+	cpuprofile := fs.String("proxy-cpuprofile", "", "write a CPU profile of the proxy process to this file (FILE.observe, FILE.waiters: of the proxies started afresh for those scenarios)")
 	heapprofile := fs.String("proxy-heapprofile", "", "write the proxy's heap profile (after a collection, while the waiters scenario's calls are all parked) to this file; with -proxy-env GODEBUG=memprofilerate=1 it records every allocation")
 	maxEtcdRequests := fs.Int("proxy-max-etcd-requests", 0, "the proxy's --max-etcd-requests (0: its default)")
 	memLimit := fs.String("proxy-gomemlimit", "", "GOMEMLIMIT of the proxy process only, e.g. 230MiB (default: none)")
@@ -134,7 +142,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		proxyEnv = append(proxyEnv, v)
 		return nil
 	})
-	dataDir := fs.String("data-dir", "", "data directory of the etcd coordbench starts (default: a temp dir in /dev/shm if there is one, so that the disk stays out of the figures)")
+	dataDir := fs.String("data-dir", "", "data directory of the etcd coordbench starts, DIR.observe and DIR.waiters those of the etcds it starts afresh for those scenarios (default: a temp dir in /dev/shm if there is one, so that the disk stays out of the figures)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -156,44 +164,75 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	b := &bench{duration: *duration, observers: *observers, waiters: *waiters, waitersTimeout: *waitersTimeout,
 		heapProfile: *heapprofile, progressOut: stderr, runID: fmt.Sprintf("%x", time.Now().UnixNano())}
-	if *endpoints == "" {
-		dir := *dataDir
-		if dir == "" {
-			tmp, err := os.MkdirTemp(tmpfsDir(), "coordbench-etcd")
-			if err != nil {
-				fmt.Fprintf(stderr, "coordbench: %v\n", err)
-				return 1
-			}
-			defer os.RemoveAll(tmp)
-			dir = filepath.Join(tmp, "data")
-		}
-		c, err := startChild(nil, roleEtcd, dir)
+	ownEtcd := *endpoints == ""
+	if ownEtcd && *dataDir == "" {
+		tmp, err := os.MkdirTemp(tmpfsDir(), "coordbench-etcd")
 		if err != nil {
-			fmt.Fprintf(stderr, "coordbench: etcd: %v\n", err)
+			fmt.Fprintf(stderr, "coordbench: %v\n", err)
 			return 1
 		}
-		defer c.stop()
-		b.etcd, b.etcdURL = c, c.addr
-		fmt.Fprintf(stderr, "etcd %s (data %s)\n", c.addr, dir)
-	} else {
+		defer os.RemoveAll(tmp)
+		*dataDir = filepath.Join(tmp, "data")
+	}
+	if !ownEtcd {
 		b.etcdURL = strings.Split(*endpoints, ",")[0]
 	}
 	if *memLimit != "" {
 		proxyEnv = append(proxyEnv, "GOMEMLIMIT="+*memLimit)
 	}
-	p, err := startChild(proxyEnv, roleProxy, b.etcdURL, *cpuprofile, strconv.Itoa(*maxEtcdRequests))
-	if err != nil {
-		fmt.Fprintf(stderr, "coordbench: coordproxy: %v\n", err)
+	// start starts coordbench's own etcd (unless pointed at one) and a
+	// proxy in front of it; suffix names the data directory and the CPU
+	// profile of a fresh start.
+	start := func(suffix string) error {
+		if ownEtcd {
+			dir := *dataDir + suffix
+			c, err := startChild(nil, roleEtcd, dir)
+			if err != nil {
+				return fmt.Errorf("etcd: %w", err)
+			}
+			b.etcd, b.etcdURL = c, c.addr
+			fmt.Fprintf(stderr, "etcd %s (data %s)\n", c.addr, dir)
+		}
+		profile := *cpuprofile
+		if profile != "" {
+			profile += suffix
+		}
+		p, err := startChild(proxyEnv, roleProxy, b.etcdURL, profile, strconv.Itoa(*maxEtcdRequests))
+		if err != nil {
+			return fmt.Errorf("coordproxy: %w", err)
+		}
+		b.proxy = p
+		fmt.Fprintf(stderr, "coordproxy %s\n", p.addr)
+		b.watchersAtStart, b.watchersAtStartErr = etcdMetric(ctx, b.etcdURL, watcherMetric)
+		return nil
+	}
+	stopAll := func() {
+		if b.proxy != nil {
+			b.proxy.stop()
+		}
+		if b.etcd != nil {
+			b.etcd.stop()
+		}
+	}
+	defer stopAll()
+	if err := start(""); err != nil {
+		fmt.Fprintf(stderr, "coordbench: %v\n", err)
 		return 1
 	}
-	defer p.stop()
-	b.proxy = p
-	fmt.Fprintf(stderr, "coordproxy %s\n", p.addr)
 
-	b.watchersAtStart, b.watchersAtStartErr = etcdMetric(ctx, b.etcdURL, watcherMetric)
-	native, proxied := target{name: "etcd", addr: b.etcdURL}, target{name: "coordproxy", addr: p.addr}
 	var results []result
-	for _, s := range chosen {
+	for i, s := range chosen {
+		if s.freshEtcd && i > 0 && !ownEtcd {
+			fmt.Fprintf(stderr, "coordbench: %s runs on the etcd the scenarios before it used (-endpoints): what they left in etcd counts\n", s.id)
+		}
+		if s.freshEtcd && i > 0 && ownEtcd {
+			stopAll()
+			if err := start("." + s.id); err != nil {
+				fmt.Fprintf(stderr, "coordbench: %v\n", err)
+				return 1
+			}
+		}
+		native, proxied := target{name: "etcd", addr: b.etcdURL}, target{name: "coordproxy", addr: b.proxy.addr}
 		title := s.title
 		switch s.id {
 		case "observe":
@@ -265,9 +304,17 @@ func printTable(w io.Writer, results []result) {
 		if n.Ops > 0 {
 			ratio = fmt.Sprintf("%.2f×", p.Ops/n.Ops)
 		}
-		fmt.Fprintf(w, "| %s | %.0f | %.0f | %s | %.2f / %.2f | %.2f / %.2f | %d / %d | %s |\n",
-			s, n.Ops, p.Ops, ratio, n.P50MS, n.P99MS, p.P50MS, p.P99MS, n.Errors, p.Errors, notes(n, p))
+		fmt.Fprintf(w, "| %s | %.0f | %.0f | %s | %s | %s | %d / %d | %s |\n",
+			s, n.Ops, p.Ops, ratio, latencies(n), latencies(p), n.Errors, p.Errors, notes(n, p))
 	}
+}
+
+// latencies is "p50 / p99", or "–" where the scenario timed nothing.
+func latencies(r result) string {
+	if r.P50MS == 0 && r.P99MS == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f / %.2f", r.P50MS, r.P99MS)
 }
 
 func notes(n, p result) string {

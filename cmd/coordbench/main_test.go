@@ -23,8 +23,9 @@ func TestMain(m *testing.M) {
 func TestCoordbench_runsEveryScenarioAgainstBoth(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "bench.json")
 	var stdout, stderr bytes.Buffer
+	dataDir := filepath.Join(t.TempDir(), "etcd")
 	code := run([]string{"-duration", "300ms", "-observers", "8", "-waiters", "200", "-waiters-timeout", "60s",
-		"-data-dir", filepath.Join(t.TempDir(), "etcd"), "-json", out}, &stdout, &stderr)
+		"-data-dir", dataDir, "-json", out}, &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("exit %d\n%s", code, stderr.String())
 	}
@@ -39,9 +40,20 @@ func TestCoordbench_runsEveryScenarioAgainstBoth(t *testing.T) {
 	if len(results) != 2*len(scenarios) {
 		t.Fatalf("%d results, want %d", len(results), 2*len(scenarios))
 	}
+	// The scenarios that must not inherit etcd's state ran on etcds of
+	// their own.
+	for _, s := range scenarios {
+		if _, err := os.Stat(dataDir + "." + s.id); (err == nil) != s.freshEtcd {
+			t.Errorf("scenario %s: fresh etcd %v, but its data dir: %v", s.id, s.freshEtcd, err)
+		}
+	}
 	for _, r := range results {
 		if r.Count == 0 {
 			t.Errorf("%s on %s: nothing done", r.Scenario, r.Target)
+		}
+		// No latency outlasts the run (a time.Since of a zero time would).
+		if r.P50MS > r.P99MS || r.P99MS > r.MaxMS || r.MaxMS > 10*60*1000 {
+			t.Errorf("%s on %s: p50 %v ms, p99 %v ms, max %v ms", r.Scenario, r.Target, r.P50MS, r.P99MS, r.MaxMS)
 		}
 		if r.Target != "coordproxy" {
 			continue

@@ -60,6 +60,7 @@ type result struct {
 	Ops      float64        `json:"ops_per_sec"`
 	P50MS    float64        `json:"p50_ms"`
 	P99MS    float64        `json:"p99_ms"`
+	MaxMS    float64        `json:"max_ms"`
 	Count    int            `json:"count"`
 	Errors   int            `json:"errors"`
 	Extra    map[string]any `json:"extra,omitempty"`
@@ -99,6 +100,7 @@ func (r *recorder) result(scenario, tgt string, elapsed time.Duration) result {
 		slices.Sort(s)
 		res.P50MS = ms(s[len(s)/2])
 		res.P99MS = ms(s[min(len(s)-1, len(s)*99/100)])
+		res.MaxMS = ms(s[len(s)-1])
 	}
 	return res
 }
@@ -309,12 +311,14 @@ func observeScenario(ctx context.Context, b *bench, t target, scenario string) (
 				v, _ := strconv.ParseInt(string(r.Kv.Value), 10, 64)
 				mu.Lock()
 				if v > seen[i] {
-					if seen[i] < want && v >= want {
+					// want 0 is the current leader every observer gets
+					// first: no Proclaim to time.
+					if want > 0 && seen[i] < want && v >= want {
 						rec.add(time.Since(sent))
 						pending--
-						cond.Broadcast()
 					}
 					seen[i] = v
+					cond.Broadcast()
 				}
 				mu.Unlock()
 			}
