@@ -24,4 +24,14 @@ var (
 
 	errNotOwnerKey = status.Error(codes.InvalidArgument,
 		`"key" field is not a lock ownership key: want <name>/<lease ID in hex> of a key attached to that lease`)
+
+	// Of coordproxy's own semaphore and read/write lock services.
+
+	// errKeyMissing: Release or RWLock Unlock without a key.
+	errKeyMissing      = status.Error(codes.InvalidArgument, `"key" field must be provided`)
+	errLimitInvalid    = status.Error(codes.InvalidArgument, `"limit" field must be at least 1`)
+	errNotSemaphoreKey = status.Error(codes.InvalidArgument,
+		`"key" field is not a semaphore key: want <name>/<lease ID in hex> of a key attached to that lease`)
+	errNotRWLockKey = status.Error(codes.InvalidArgument,
+		`"key" field is not a read/write lock key: want <name>/read/<number> or <name>/write/<number> of a key attached to a lease`)
 )

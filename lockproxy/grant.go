@@ -6,12 +6,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
-
-// errKeyMissing: Release or RWLock Unlock without a key.
-var errKeyMissing = status.Error(codes.InvalidArgument, `"key" field must be provided`)
 
 // turn is what a semaphore's or read/write lock's waiter waits for.
 type turn struct {

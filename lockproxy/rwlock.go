@@ -9,8 +9,6 @@ import (
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // A read/write lock keeps the keys of etcd's experimental/recipes RWMutex:
@@ -21,9 +19,6 @@ import (
 // no writer's key is older than its own, a writer once no key under the name
 // is; the proxy waits for that on the name's shared watch where the recipe
 // watches the blocking key itself.
-
-var errNotRWLockKey = status.Error(codes.InvalidArgument,
-	`"key" field is not a read/write lock key: want <name>/read/<number> or <name>/write/<number> of a key attached to a lease`)
 
 // RLock waits until no writer that came earlier holds or waits.
 func (s *RWLocks) RLock(ctx context.Context, req *coordproxyv1.RWLockRequest) (*coordproxyv1.Held, error) {
@@ -136,18 +131,11 @@ func (s *RWLocks) Unlock(ctx context.Context, req *coordproxyv1.UnlockRequest) (
 	if !isRWLockKey(key) {
 		return nil, errNotRWLockKey
 	}
-	resp, err := s.b.For(ctx).Txn(ctx).
-		If(clientv3.Compare(clientv3.LeaseValue(key), ">", 0)).
-		Then(clientv3.OpDelete(key)).
-		Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).
-		Commit()
+	hdr, err := s.b.release(ctx, key, clientv3.Compare(clientv3.LeaseValue(key), ">", 0), errNotRWLockKey)
 	if err != nil {
 		return nil, err
 	}
-	if !resp.Succeeded && len(resp.Responses[0].GetResponseRange().Kvs) > 0 {
-		return nil, errNotRWLockKey
-	}
-	return &coordproxyv1.UnlockResponse{Header: Header(resp.Header)}, nil
+	return &coordproxyv1.UnlockResponse{Header: Header(hdr)}, nil
 }
 
 // isRWLockKey: <anything>read/<digits> or <anything>write/<digits>.

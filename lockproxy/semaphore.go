@@ -15,12 +15,6 @@ import (
 // attached to the lease, its value the limit in decimal. The first limit keys
 // by create revision hold; the others wait in create-revision order.
 
-var (
-	errLimitInvalid    = status.Error(codes.InvalidArgument, `"limit" field must be at least 1`)
-	errNotSemaphoreKey = status.Error(codes.InvalidArgument,
-		`"key" field is not a semaphore key: want <name>/<lease ID in hex> of a key attached to that lease`)
-)
-
 // errOtherLimit: name's keys say another limit, or belong to a lock or an
 // election. Holders counted by different limits would let too many in.
 func errOtherLimit(name string, kv *mvccpb.KeyValue, limit int64) error {
@@ -132,18 +126,11 @@ func (s *Semaphores) Release(ctx context.Context, req *coordproxyv1.ReleaseReque
 	if !ok {
 		return nil, errNotSemaphoreKey
 	}
-	resp, err := s.b.For(ctx).Txn(ctx).
-		If(clientv3.Compare(clientv3.LeaseValue(key), "=", lease)).
-		Then(clientv3.OpDelete(key)).
-		Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).
-		Commit()
+	hdr, err := s.b.release(ctx, key, clientv3.Compare(clientv3.LeaseValue(key), "=", lease), errNotSemaphoreKey)
 	if err != nil {
 		return nil, err
 	}
-	if !resp.Succeeded && len(resp.Responses[0].GetResponseRange().Kvs) > 0 {
-		return nil, errNotSemaphoreKey
-	}
-	return &coordproxyv1.ReleaseResponse{Header: Header(resp.Header)}, nil
+	return &coordproxyv1.ReleaseResponse{Header: Header(hdr)}, nil
 }
 
 // Describe reads name's limit (from its keys' values; 0 when nobody holds or

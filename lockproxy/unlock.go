@@ -29,8 +29,15 @@ func (b *Backend) unlock(ctx context.Context, key string) (*pb.ResponseHeader, e
 	if !ok {
 		return nil, errNotOwnerKey
 	}
+	return b.release(ctx, key, clientv3.Compare(clientv3.LeaseValue(key), "=", lease), errNotOwnerKey)
+}
+
+// release deletes key in one transaction if leased holds of it; if the key
+// exists but leased does not hold it answers notOurs, and a key already gone
+// is success. Unlock, Semaphore Release and RWLock Unlock share it.
+func (b *Backend) release(ctx context.Context, key string, leased clientv3.Cmp, notOurs error) (*pb.ResponseHeader, error) {
 	resp, err := b.For(ctx).Txn(ctx).
-		If(clientv3.Compare(clientv3.LeaseValue(key), "=", lease)).
+		If(leased).
 		Then(clientv3.OpDelete(key)).
 		Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).
 		Commit()
@@ -38,7 +45,7 @@ func (b *Backend) unlock(ctx context.Context, key string) (*pb.ResponseHeader, e
 		return nil, err
 	}
 	if !resp.Succeeded && len(resp.Responses[0].GetResponseRange().Kvs) > 0 {
-		return nil, errNotOwnerKey
+		return nil, notOurs
 	}
 	return resp.Header, nil
 }
