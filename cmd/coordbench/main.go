@@ -81,8 +81,10 @@ type bench struct {
 	progressOut    io.Writer
 	seq            atomic.Int64
 	runID          string
-	// etcd's watchers before the first scenario: the waiters scenario waits
-	// for those of earlier scenarios to end before it counts its own.
+	// etcd's watchers when etcd and the proxy were (re)started: the waiters
+	// scenario waits for those of earlier runs on this etcd to end (the
+	// other target's, or earlier scenarios' with -endpoints) before it
+	// counts its own.
 	watchersAtStart    float64
 	watchersAtStartErr error
 }
@@ -222,14 +224,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	var results []result
 	for i, s := range chosen {
-		if s.freshEtcd && i > 0 && !ownEtcd {
-			fmt.Fprintf(stderr, "coordbench: %s runs on the etcd the scenarios before it used (-endpoints): what they left in etcd counts\n", s.id)
-		}
-		if s.freshEtcd && i > 0 && ownEtcd {
-			stopAll()
-			if err := start("." + s.id); err != nil {
-				fmt.Fprintf(stderr, "coordbench: %v\n", err)
-				return 1
+		if s.freshEtcd && i > 0 {
+			if !ownEtcd {
+				fmt.Fprintf(stderr, "coordbench: %s runs on the etcd the scenarios before it used (-endpoints): what they left in etcd counts\n", s.id)
+			} else {
+				stopAll()
+				if err := start("." + s.id); err != nil {
+					fmt.Fprintf(stderr, "coordbench: %v\n", err)
+					return 1
+				}
 			}
 		}
 		native, proxied := target{name: "etcd", addr: b.etcdURL}, target{name: "coordproxy", addr: b.proxy.addr}

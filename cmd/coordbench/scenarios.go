@@ -386,9 +386,10 @@ func observeScenario(ctx context.Context, b *bench, t target, scenario string) (
 const watcherMetric = "etcd_debugging_mvcc_watcher_total"
 
 // settleWatchers waits, for up to 45 s, until etcd has no more watchers than
-// before the first scenario: the watches of earlier scenarios (the clients'
-// closed streams, the proxy's queue watches, which it keeps 30 s after
-// their last use) would otherwise end during this one and blur its count.
+// when it and the proxy were started: the watches of earlier runs on it (the
+// clients' closed streams, the proxy's queue watches, which it keeps 30 s
+// after their last use) would otherwise end during this one and blur its
+// count.
 func (b *bench) settleWatchers(ctx context.Context, scenario string, t target) {
 	if b.watchersAtStartErr != nil {
 		return
