@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coordproxy/coordproxy/lockproxy"
+	"github.com/coordproxy/coordproxy/grant"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	epb "go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
@@ -321,7 +321,7 @@ func (wk *worker) giveUp(name string) {
 		return
 	}
 	wk.mu.Lock()
-	key := lockproxy.OwnerKey(name, wk.lease)
+	key := grant.OwnerKey(name, wk.lease)
 	wk.mu.Unlock()
 	wk.unlock(key)
 }
@@ -488,7 +488,7 @@ func (w *workload) place(wk *worker, name string) (key string, ahead int) {
 	wk.mu.Lock()
 	lease := wk.lease
 	wk.mu.Unlock()
-	key = lockproxy.OwnerKey(name, lease)
+	key = grant.OwnerKey(name, lease)
 	ctx, cancel := context.WithTimeout(w.ctx, time.Second)
 	defer cancel()
 	own, err := w.kv.Get(ctx, key)
@@ -497,7 +497,7 @@ func (w *workload) place(wk *worker, name string) (key string, ahead int) {
 	}
 	// Not WithCountOnly: etcd counts the whole range and applies
 	// MaxCreateRev only to the keys it returns.
-	r, err := w.kv.Get(ctx, lockproxy.Prefix(name), clientv3.WithPrefix(), clientv3.WithKeysOnly(),
+	r, err := w.kv.Get(ctx, grant.Prefix(name), clientv3.WithPrefix(), clientv3.WithKeysOnly(),
 		clientv3.WithMaxCreateRev(own.Kvs[0].CreateRevision-1))
 	if err != nil {
 		return key, -1

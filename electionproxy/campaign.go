@@ -3,7 +3,7 @@ package electionproxy
 import (
 	"context"
 
-	"github.com/coordproxy/coordproxy/lockproxy"
+	"github.com/coordproxy/coordproxy/grant"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	epb "go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
 )
@@ -18,32 +18,48 @@ func (s *Server) Campaign(ctx context.Context, req *epb.CampaignRequest) (*epb.C
 		return nil, errNameMissing
 	}
 	name, val := string(req.Name), string(req.Value)
-	lease, err := s.b.Lease(ctx, "Campaign", name, req.Lease)
+	lease, err := s.g.Lease(ctx, "Campaign", name, req.Lease)
 	if err != nil {
 		return nil, err
 	}
-	key := lockproxy.OwnerKey(name, lease)
+	c, err := s.enqueue(ctx, name, grant.OwnerKey(name, lease), val, lease)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.g.Take(ctx, c); err != nil {
+		return nil, err
+	}
+	// etcd answers with the header of the campaign transaction.
+	return &epb.CampaignResponse{
+		Header: c.Header,
+		Leader: &epb.LeaderKey{Name: req.Name, Key: []byte(c.Key), Rev: c.Rev, Lease: int64(lease)},
+	}, nil
+}
 
-	resp, err := s.b.Acquire(ctx, func(ctx context.Context) (*clientv3.TxnResponse, error) {
-		return s.b.For(ctx).Txn(ctx).
+// enqueue is concurrency.Election.Campaign's transaction, run detached as
+// Lock's is, then its first read of the leader.
+func (s *Server) enqueue(ctx context.Context, name, key, val string, lease clientv3.LeaseID) (grant.Claim, error) {
+	resp, err := s.etcd.SendCreate(ctx, func(ctx context.Context) (*clientv3.TxnResponse, error) {
+		return s.etcd.For(ctx).Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 			Then(clientv3.OpPut(key, val, clientv3.WithLease(lease))).
 			Else(clientv3.OpGet(key)).
 			Commit()
 	})
 	if err != nil {
-		return nil, err
+		return grant.Claim{}, err
 	}
-	rev := resp.Header.Revision
+	c := grant.Claim{Service: grant.ServiceElection, Name: name, Key: key, Rev: resp.Header.Revision,
+		Header: resp.Header, Created: resp.Succeeded}
 	if !resp.Succeeded {
 		// Campaigning again with the same lease: keep the candidacy, update
 		// its value as concurrency does.
 		kv := resp.Responses[0].GetResponseRange().Kvs[0]
-		rev = kv.CreateRevision
+		c.Rev = kv.CreateRevision
 		if string(kv.Value) != val {
-			tctx, cancel := s.b.Detached(ctx)
-			presp, err := s.b.For(tctx).Txn(tctx).
-				If(clientv3.Compare(clientv3.CreateRevision(key), "=", rev)).
+			tctx, cancel := s.etcd.Detached(ctx)
+			presp, err := s.etcd.For(tctx).Txn(tctx).
+				If(clientv3.Compare(clientv3.CreateRevision(key), "=", c.Rev)).
 				Then(clientv3.OpPut(key, val, clientv3.WithLease(lease))).
 				Commit()
 			cancel()
@@ -51,8 +67,8 @@ func (s *Server) Campaign(ctx context.Context, req *epb.CampaignRequest) (*epb.C
 				err = errNotLeader
 			}
 			if err != nil {
-				s.b.Abandon(key, rev)
-				return nil, err
+				s.g.Abandon(key, c.Rev)
+				return grant.Claim{}, err
 			}
 		}
 	}
@@ -60,20 +76,12 @@ func (s *Server) Campaign(ctx context.Context, req *epb.CampaignRequest) (*epb.C
 	// first read finds; the read is linearizable and shows our key, so it is
 	// also the ownership check. Otherwise wait in the queue.
 	var first *clientv3.GetResponse
-	s.b.BeforeWait(ctx, func() { first, err = s.b.For(ctx).Get(ctx, lockproxy.Prefix(name), clientv3.WithFirstCreate()...) })
+	s.etcd.BeforeWait(ctx, func() { first, err = s.etcd.For(ctx).Get(ctx, grant.Prefix(name), clientv3.WithFirstCreate()...) })
 	if err != nil {
-		s.b.Abandon(key, rev)
-		return nil, err
+		s.g.Abandon(key, c.Rev)
+		return grant.Claim{}, err
 	}
-	if kvs := first.Kvs; len(kvs) == 0 || string(kvs[0].Key) != key || kvs[0].CreateRevision != rev {
-		if _, err := s.b.Wait(ctx, lockproxy.ServiceElection, name, key, rev); err != nil {
-			return nil, err
-		}
-	}
-	s.b.Hold(lockproxy.ServiceElection, name, key, rev)
-	// etcd answers with the header of the campaign transaction.
-	return &epb.CampaignResponse{
-		Header: resp.Header,
-		Leader: &epb.LeaderKey{Name: req.Name, Key: []byte(key), Rev: rev, Lease: int64(lease)},
-	}, nil
+	kvs := first.Kvs
+	c.Free = len(kvs) > 0 && string(kvs[0].Key) == key && kvs[0].CreateRevision == c.Rev
+	return c, nil
 }

@@ -1,8 +1,9 @@
 // Package electionproxy serves etcd's v3election Election service (Campaign,
-// Proclaim, Leader, Observe, Resign) over a real etcd cluster, with the key
+// Proclaim, Leader, Observe, Resign) and coordproxy's own ElectionService
+// (Observe with leader loss, Describe) over a real etcd cluster, with the key
 // layout and transactions of go.etcd.io/etcd/client/v3/concurrency.Election.
 //
-// Candidates wait in the same per-prefix queue as lock waiters
-// (lockproxy.Backend); Observe streams of one election share that queue's
-// single etcd watch.
+// A candidacy is a place in the name's queue like a lock waiter's: Campaign
+// hands its claim to package grant, which waits on the name's shared watch;
+// Observe streams of one election follow that same queue (observe.go).
 package electionproxy

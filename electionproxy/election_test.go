@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coordproxy/coordproxy/lockproxy"
+	"github.com/coordproxy/coordproxy/grant"
 	"github.com/coordproxy/coordproxy/proxy"
 	"github.com/coordproxy/coordproxy/proxy/proxytest"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -299,8 +299,8 @@ func TestObserve_deliversEveryChangeInOrder(t *testing.T) {
 	env := proxytest.New(t, proxy.Config{})
 	ctx := proxytest.Ctx(t)
 	l1, l2 := env.Grant(t, 60), env.Grant(t, 60)
-	k1 := lockproxy.OwnerKey("e", clientv3.LeaseID(l1))
-	k2 := lockproxy.OwnerKey("e", clientv3.LeaseID(l2))
+	k1 := grant.OwnerKey("e", clientv3.LeaseID(l1))
+	k2 := grant.OwnerKey("e", clientv3.LeaseID(l2))
 	c1 := campaign(t, env, "e", l1, "a0")
 	s, err := env.Election.Observe(ctx, &epb.LeaderRequest{Name: []byte("e")})
 	if err != nil {
@@ -358,7 +358,7 @@ func TestObserve_deliversEveryChangeInOrder(t *testing.T) {
 	// One revision that both ends the leader and changes the candidate
 	// behind it: observers see the state after the revision.
 	l3 := env.Grant(t, 60)
-	k3 := lockproxy.OwnerKey("e", clientv3.LeaseID(l3))
+	k3 := grant.OwnerKey("e", clientv3.LeaseID(l3))
 	if _, err := env.KV.Put(ctx, k3, "c0", clientv3.WithLease(clientv3.LeaseID(l3))); err != nil {
 		t.Fatal(err)
 	}
@@ -453,8 +453,8 @@ func TestCampaign_lease0IsVisible(t *testing.T) {
 		t.Fatal(err)
 	}
 	ttl, err := env.KV.TimeToLive(ctx, clientv3.LeaseID(resp.Leader.Lease))
-	if err != nil || ttl.GrantedTTL != lockproxy.Lease0TTL {
-		t.Fatalf("lease of a lease-0 campaign: %v, %v; want granted TTL %d as in etcd", ttl, err, lockproxy.Lease0TTL)
+	if err != nil || ttl.GrantedTTL != grant.Lease0TTL {
+		t.Fatalf("lease of a lease-0 campaign: %v, %v; want granted TTL %d as in etcd", ttl, err, grant.Lease0TTL)
 	}
 	if n := env.Metric(t, "coordproxy_lease_zero_calls_total", map[string]string{"rpc": "Campaign"}); n != 1 {
 		t.Fatalf("lease-0 Campaign counted %v times, want 1", n)

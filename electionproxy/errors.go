@@ -1,7 +1,7 @@
 package electionproxy
 
 import (
-	"github.com/coordproxy/coordproxy/lockproxy"
+	"github.com/coordproxy/coordproxy/grant"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3election"
@@ -17,7 +17,7 @@ var (
 	errNotLeader        = concurrency.ErrElectionNotLeader
 	errNoLeader         = concurrency.ErrElectionNoLeader
 	errEmptyKey         = rpctypes.ErrEmptyKey
-	errNameMissing      = lockproxy.ErrNameMissing
+	errNameMissing      = grant.ErrNameMissing
 
 	// Malformed leader keys, which etcd accepts and then misbehaves on: it
 	// proclaims onto, and can even create, keys of other elections, and moves

@@ -13,7 +13,7 @@ func (e *Elections) Describe(ctx context.Context, req *coordproxyv1.DescribeRequ
 	if len(req.Name) == 0 {
 		return nil, errNameMissing
 	}
-	hdr, held, candidates, waiting, err := e.b.Describe(ctx, string(req.Name), 1, req.Limit)
+	hdr, held, candidates, waiting, err := e.g.Describe(ctx, string(req.Name), 1, req.Limit)
 	if err != nil {
 		return nil, err
 	}

@@ -1,8 +1,9 @@
 package electionproxy
 
 import (
-	"github.com/coordproxy/coordproxy/lockproxy"
+	"github.com/coordproxy/coordproxy/grant"
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
+	"github.com/coordproxy/coordproxy/queue"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -18,26 +19,26 @@ import (
 // Describe reads it.
 func (e *Elections) Observe(req *coordproxyv1.ObserveRequest, stream coordproxyv1.ElectionService_ObserveServer) error {
 	var leader *mvccpb.KeyValue
-	return observeLeader(stream.Context(), e.b, req.Name,
+	return observeLeader(stream.Context(), e.elections, req.Name,
 		func(resp *clientv3.GetResponse) error {
 			if len(resp.Kvs) > 0 {
 				leader = resp.Kvs[0]
 			}
 			return stream.Send(&coordproxyv1.ObserveResponse{
-				Header:   lockproxy.Header(resp.Header),
+				Header:   grant.Header(resp.Header),
 				Event:    coordproxyv1.ObserveResponse_EVENT_CURRENT,
 				Leader:   keyOf(leader),
 				Revision: resp.Header.Revision,
 			})
 		},
-		func(ch lockproxy.LeaderChange) error {
+		func(ch queue.LeaderChange) error {
 			ev := leaderEvent(leader, ch.Kv)
 			leader = ch.Kv
 			if ev == coordproxyv1.ObserveResponse_EVENT_UNSPECIFIED {
 				return nil
 			}
 			return stream.Send(&coordproxyv1.ObserveResponse{
-				Header:   lockproxy.Header(ch.Header),
+				Header:   grant.Header(ch.Header),
 				Event:    ev,
 				Leader:   keyOf(ch.Kv),
 				Revision: ch.Rev,
@@ -67,5 +68,5 @@ func keyOf(kv *mvccpb.KeyValue) *coordproxyv1.Key {
 	if kv == nil {
 		return nil
 	}
-	return lockproxy.KeyInfo(kv)
+	return grant.KeyInfo(kv)
 }

@@ -458,10 +458,6 @@ func TestElectionsObserve_beginsWithTheCurrentState(t *testing.T) {
 	}
 }
 
-func etcdWatchers(t *testing.T) float64 {
-	return proxytest.EtcdMetric(t, "etcd_debugging_mvcc_watcher_total")
-}
-
 // Many observers of one election cost etcd one watch, all see the same
 // changes, and once they leave nothing of them is left behind.
 func TestElectionsObserve_observersShareOneWatchAndSeeTheSameChanges(t *testing.T) {
@@ -469,7 +465,7 @@ func TestElectionsObserve_observersShareOneWatchAndSeeTheSameChanges(t *testing.
 	env := proxytest.New(t, proxy.Config{QueueLinger: 100 * time.Millisecond})
 	la, lb := env.Grant(t, 60), env.Grant(t, 60)
 	env.Keys(t, "shared/") // connects the test's own etcd client before counting
-	watchers0, goroutines0 := etcdWatchers(t), runtime.NumGoroutine()
+	watchers0, goroutines0 := proxytest.EtcdWatchers(t), runtime.NumGoroutine()
 
 	obs := make([]*extObserver, observers)
 	for i := range obs {
@@ -478,7 +474,7 @@ func TestElectionsObserve_observersShareOneWatchAndSeeTheSameChanges(t *testing.
 			t.Fatalf("observer %d began with %s", i, eventText(m))
 		}
 	}
-	if got := etcdWatchers(t) - watchers0; got != 1 {
+	if got := proxytest.EtcdWatchers(t) - watchers0; got != 1 {
 		t.Errorf("%d etcd watchers for %d observers of one election, want 1", int(got), observers)
 	}
 	s := newScene(t, env, "shared")
@@ -491,7 +487,7 @@ func TestElectionsObserve_observersShareOneWatchAndSeeTheSameChanges(t *testing.
 	b := won(t, ch)
 	s.proclaim(b, "b1")
 	s.revoke(lb)
-	if got := etcdWatchers(t) - watchers0; got != 1 {
+	if got := proxytest.EtcdWatchers(t) - watchers0; got != 1 {
 		t.Errorf("%d etcd watchers for %d observers and two candidates of one election, want 1", int(got), observers)
 	}
 
@@ -531,7 +527,7 @@ func TestElectionsObserve_observersShareOneWatchAndSeeTheSameChanges(t *testing.
 	}
 	// Nothing outlives the observers but the watch's short linger.
 	proxytest.WaitFor(t, 10*time.Second, func() (bool, string) {
-		w, g := etcdWatchers(t)-watchers0, runtime.NumGoroutine()-goroutines0
+		w, g := proxytest.EtcdWatchers(t)-watchers0, runtime.NumGoroutine()-goroutines0
 		return w <= 0 && g <= 2, fmt.Sprintf("%d etcd watchers and %d goroutines more than before the observers", int(w), g)
 	})
 }

@@ -1,7 +1,7 @@
 package electionproxy
 
 import (
-	"github.com/coordproxy/coordproxy/lockproxy"
+	"github.com/coordproxy/coordproxy/grant"
 	epb "go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
 )
 
@@ -17,7 +17,7 @@ func checkLeaderKey(lk *epb.LeaderKey) error {
 	case len(lk.Name) == 0:
 		return errLeaderNameMissing
 	}
-	name, lease, ok := lockproxy.ParseOwnerKey(string(lk.Key))
+	name, lease, ok := grant.ParseOwnerKey(string(lk.Key))
 	switch {
 	case !ok || name != string(lk.Name):
 		return errLeaderKeyForeign

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 
-	"github.com/coordproxy/coordproxy/lockproxy"
+	"github.com/coordproxy/coordproxy/etcdio"
+	"github.com/coordproxy/coordproxy/grant"
+	"github.com/coordproxy/coordproxy/queue"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	epb "go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
@@ -16,14 +18,14 @@ import (
 // change is dropped when several land in one watch response (etcd #7815,
 // #18163).
 func (s *Server) Observe(req *epb.LeaderRequest, stream epb.Election_ObserveServer) error {
-	return observeLeader(stream.Context(), s.b, req.Name,
+	return observeLeader(stream.Context(), s.elections, req.Name,
 		func(resp *clientv3.GetResponse) error {
 			if len(resp.Kvs) == 0 {
 				return nil
 			}
 			return stream.Send(&epb.LeaderResponse{Header: resp.Header, Kv: resp.Kvs[0]})
 		},
-		func(ch lockproxy.LeaderChange) error {
+		func(ch queue.LeaderChange) error {
 			if ch.Kv == nil {
 				return nil // no leader: etcd sends nothing then
 			}
@@ -38,37 +40,33 @@ func (s *Server) Observe(req *epb.LeaderRequest, stream epb.Election_ObserveServ
 // before the read's revision are skipped. The callbacks' errors end the
 // stream as they are.
 //
-// A stream that falls more than the Backend's observe buffer behind ends
+// A stream that falls more than the Granter's observe buffer behind ends
 // with errObserverTooSlow; one whose caller requires a leader (etcd's
 // "hasleader") ends with "etcdserver: no leader" when etcd loses it, as
 // etcd's does; one cut short by the proxy stopping, Unavailable.
-func observeLeader(sctx context.Context, b *lockproxy.Backend, name []byte,
-	first func(*clientv3.GetResponse) error, next func(lockproxy.LeaderChange) error) error {
+func observeLeader(sctx context.Context, e elections, name []byte,
+	first func(*clientv3.GetResponse) error, next func(queue.LeaderChange) error) error {
 	if len(name) == 0 {
 		return errNameMissing
 	}
-	ctx, cancel := b.WithStop(sctx)
+	ctx, cancel := e.etcd.WithStop(sctx)
 	defer cancel()
-	pfx := lockproxy.Prefix(string(name))
-
-	q := b.Queues.Acquire(pfx)
-	defer b.Queues.Release(q)
-	o, err := q.Observe(ctx, b.ObserveBuffer())
+	o, stop, err := e.g.Observe(ctx, string(name))
 	if err != nil {
-		return b.CallErr(ctx, err)
+		return err
 	}
-	defer q.StopObserving(o)
+	defer stop()
 
 	// The first answer is a linearizable read taken after the observer was
 	// registered: every change after it arrives on o, earlier ones are
 	// skipped by revision.
-	resp, err := b.For(ctx).Get(ctx, pfx, clientv3.WithFirstCreate()...)
+	resp, err := e.etcd.For(ctx).Get(ctx, grant.Prefix(string(name)), clientv3.WithFirstCreate()...)
 	if err != nil {
-		return b.CallErr(ctx, err)
+		return e.g.CallErr(ctx, err)
 	}
 	var leaderLost <-chan struct{}
-	if lockproxy.RequiresLeader(sctx) {
-		leaderLost = b.Leader.Lost()
+	if etcdio.RequiresLeader(sctx) {
+		leaderLost = e.etcd.LeaderLost()
 	}
 	seen := resp.Header.Revision
 	if err := first(resp); err != nil {
@@ -77,15 +75,15 @@ func observeLeader(sctx context.Context, b *lockproxy.Backend, name []byte,
 	for {
 		select {
 		case <-ctx.Done():
-			return b.CallErr(ctx, ctx.Err())
+			return e.g.CallErr(ctx, ctx.Err())
 		case <-leaderLost:
 			return rpctypes.ErrGRPCNoLeader
 		case ch, ok := <-o.C:
 			if !ok {
-				if errors.Is(o.Err(), lockproxy.ErrObserverTooSlow) {
+				if errors.Is(o.Err(), queue.ErrObserverTooSlow) {
 					return errObserverTooSlow
 				}
-				return b.CallErr(ctx, o.Err())
+				return e.g.CallErr(ctx, o.Err())
 			}
 			if ch.Rev <= seen {
 				continue // already in the first answer

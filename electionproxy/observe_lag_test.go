@@ -33,7 +33,7 @@ func TestObserve_laggingObserversCancelledLeaveNothingAndLocksStillHandOff(t *te
 	ctx := proxytest.Ctx(t)
 	lk := campaign(t, env, "lag", env.Grant(t, 60), "v0")
 	env.Keys(t, "lag/") // connects the test's own etcd client before counting
-	watchers0, goroutines0 := etcdWatchers(t), runtime.NumGoroutine()
+	watchers0, goroutines0 := proxytest.EtcdWatchers(t), runtime.NumGoroutine()
 
 	octx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -62,7 +62,7 @@ func TestObserve_laggingObserversCancelledLeaveNothingAndLocksStillHandOff(t *te
 	cancel()
 	wg.Wait()
 	proxytest.WaitFor(t, 30*time.Second, func() (bool, string) {
-		w, g := etcdWatchers(t)-watchers0, runtime.NumGoroutine()-goroutines0
+		w, g := proxytest.EtcdWatchers(t)-watchers0, runtime.NumGoroutine()-goroutines0
 		return w <= 0 && g <= 2, fmt.Sprintf("%d etcd watchers and %d goroutines more than before the observers", int(w), g)
 	})
 

@@ -20,10 +20,10 @@ func (s *Server) Proclaim(ctx context.Context, req *epb.ProclaimRequest) (*epb.P
 		// etcd grants a fresh 60 s lease here and moves the leader key onto
 		// it, so leadership silently ends a minute later. Keep the key's own
 		// lease instead.
-		s.b.NoteLease0("Proclaim", string(lk.Name), "kept the leader key's own lease")
+		s.g.NoteLease0("Proclaim", string(lk.Name), "kept the leader key's own lease")
 		leaseOpt = clientv3.WithIgnoreLease()
 	}
-	resp, err := s.b.For(ctx).Txn(ctx).
+	resp, err := s.etcd.For(ctx).Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", lk.Rev)).
 		Then(clientv3.OpPut(key, string(req.Value), leaseOpt)).
 		Commit()

@@ -17,7 +17,7 @@ func (s *Server) Resign(ctx context.Context, req *epb.ResignRequest) (*epb.Resig
 		return nil, err
 	}
 	key := string(lk.Key)
-	resp, err := s.b.For(ctx).Txn(ctx).
+	resp, err := s.etcd.For(ctx).Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", lk.Rev)).
 		Then(clientv3.OpDelete(key)).
 		Commit()

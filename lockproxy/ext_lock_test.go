@@ -8,7 +8,7 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/coordproxy/coordproxy/lockproxy"
+	"github.com/coordproxy/coordproxy/grant"
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	"github.com/coordproxy/coordproxy/proxy"
 	"github.com/coordproxy/coordproxy/proxy/proxytest"
@@ -49,7 +49,7 @@ func TestTryLock_grantsAFreeLockAndRefusesAHeldOneWithoutWriting(t *testing.T) {
 	if len(keys) != 1 || string(keys[0].Key) != string(got.Key) || keys[0].CreateRevision != got.FencingToken || got.Lease != a {
 		t.Fatalf("granted %v; keys %v", got, keys)
 	}
-	if want := lockproxy.OwnerKey("try", clientv3.LeaseID(a)); string(got.Key) != want {
+	if want := grant.OwnerKey("try", clientv3.LeaseID(a)); string(got.Key) != want {
 		t.Fatalf("key %q, want concurrency's %q", got.Key, want)
 	}
 
@@ -71,7 +71,7 @@ func TestTryLock_grantsAFreeLockAndRefusesAHeldOneWithoutWriting(t *testing.T) {
 
 	// A waiter behind the holder: TryLock is refused while either is there,
 	// and the waiter's key is not touched.
-	waiter := start(func() error {
+	waiter := proxytest.Go(func() error {
 		_, err := env.Locks.Lock(ctx, &coordproxyv1.LockRequest{Name: []byte("try"), Lease: b})
 		return err
 	})
@@ -85,7 +85,7 @@ func TestTryLock_grantsAFreeLockAndRefusesAHeldOneWithoutWriting(t *testing.T) {
 	if _, err := env.Locks.Unlock(ctx, &coordproxyv1.UnlockRequest{Key: got.Key}); err != nil {
 		t.Fatal(err)
 	}
-	if err := waiter.wait(t); err != nil {
+	if err := waiter.Wait(t); err != nil {
 		t.Fatal(err)
 	}
 	_, err = env.Locks.TryLock(ctx, &coordproxyv1.LockRequest{Name: []byte("try"), Lease: c})
@@ -317,12 +317,12 @@ func TestLockDescribe_holderWithTTLAndWaitersInOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	wctx, cancel := context.WithCancel(ctx)
-	var waiters []*call
+	var waiters []*proxytest.Call
 	var leases []int64
 	for i := range 3 {
 		lease := env.Grant(t, 40)
 		leases = append(leases, lease)
-		waiters = append(waiters, start(func() error {
+		waiters = append(waiters, proxytest.Go(func() error {
 			_, err := env.Locks.Lock(wctx, &coordproxyv1.LockRequest{Name: []byte("desc"), Lease: lease})
 			return err
 		}))
@@ -331,7 +331,7 @@ func TestLockDescribe_holderWithTTLAndWaitersInOrder(t *testing.T) {
 	defer func() {
 		cancel()
 		for _, w := range waiters {
-			w.wait(t)
+			w.Wait(t)
 		}
 	}()
 
@@ -361,7 +361,7 @@ func TestLockDescribe_holderWithTTLAndWaitersInOrder(t *testing.T) {
 	if _, err := env.KV.Revoke(ctx, clientv3.LeaseID(holder)); err != nil {
 		t.Fatal(err)
 	}
-	if err := waiters[0].wait(t); err != nil {
+	if err := waiters[0].Wait(t); err != nil {
 		t.Fatal(err)
 	}
 	d, err = env.Locks.Describe(ctx, &coordproxyv1.DescribeRequest{Name: []byte("desc")})

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coordproxy/coordproxy/lockproxy"
+	"github.com/coordproxy/coordproxy/grant"
 	"github.com/coordproxy/coordproxy/proxy"
 	"github.com/coordproxy/coordproxy/proxy/proxytest"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -22,57 +22,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
-
-func lock(t *testing.T, env *proxytest.Env, name string, lease int64) *v3lockpb.LockResponse {
-	t.Helper()
-	resp, err := env.Lock.Lock(proxytest.Ctx(t), &v3lockpb.LockRequest{Name: []byte(name), Lease: lease})
-	if err != nil {
-		t.Fatalf("lock %q: %v", name, err)
-	}
-	return resp
-}
-
-func unlock(t *testing.T, env *proxytest.Env, key []byte) {
-	t.Helper()
-	if _, err := env.Lock.Unlock(proxytest.Ctx(t), &v3lockpb.UnlockRequest{Key: key}); err != nil {
-		t.Fatalf("unlock %q: %v", key, err)
-	}
-}
-
-// call runs f in the background; done is closed when it returns.
-type call struct {
-	done chan struct{}
-	err  error
-}
-
-func start(f func() error) *call {
-	c := &call{done: make(chan struct{})}
-	go func() {
-		defer close(c.done)
-		c.err = f()
-	}()
-	return c
-}
-
-func (c *call) returned() bool {
-	select {
-	case <-c.done:
-		return true
-	default:
-		return false
-	}
-}
-
-func (c *call) wait(t *testing.T) error {
-	t.Helper()
-	select {
-	case <-c.done:
-		return c.err
-	case <-time.After(30 * time.Second):
-		t.Fatal("call did not return")
-		return nil
-	}
-}
 
 func TestLock_excludesConcurrencyMutexBothWays(t *testing.T) {
 	env := proxytest.New(t, proxy.Config{})
@@ -84,18 +33,18 @@ func TestLock_excludesConcurrencyMutexBothWays(t *testing.T) {
 	defer sess.Close()
 
 	t.Run("proxy holds, mutex waits", func(t *testing.T) {
-		held := lock(t, env, "interop1", env.Grant(t, 30))
+		held := env.MustLock(t, "interop1", env.Grant(t, 30))
 		m := concurrency.NewMutex(sess, "interop1")
 		if err := m.TryLock(ctx); !errors.Is(err, concurrency.ErrLocked) {
 			t.Fatalf("TryLock while the proxy holds: %v, want ErrLocked", err)
 		}
-		c := start(func() error { return m.Lock(ctx) })
+		c := proxytest.Go(func() error { return m.Lock(ctx) })
 		env.WaitKeys(t, "interop1/", 2)
-		if c.returned() {
-			t.Fatalf("mutex locked while the proxy holds: %v", c.err)
+		if c.Returned() {
+			t.Fatalf("mutex locked while the proxy holds: %v", c.Err())
 		}
-		unlock(t, env, held.Key)
-		if err := c.wait(t); err != nil {
+		env.MustUnlock(t, held.Key)
+		if err := c.Wait(t); err != nil {
 			t.Fatal(err)
 		}
 		if err := m.Unlock(ctx); err != nil {
@@ -110,21 +59,21 @@ func TestLock_excludesConcurrencyMutexBothWays(t *testing.T) {
 		}
 		lease := env.Grant(t, 30)
 		var got *v3lockpb.LockResponse
-		c := start(func() (err error) {
+		c := proxytest.Go(func() (err error) {
 			got, err = env.Lock.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("interop2"), Lease: lease})
 			return err
 		})
 		env.WaitKeys(t, "interop2/", 2)
-		if c.returned() {
-			t.Fatalf("proxy locked while the mutex holds: %v", c.err)
+		if c.Returned() {
+			t.Fatalf("proxy locked while the mutex holds: %v", c.Err())
 		}
 		if err := m.Unlock(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if err := c.wait(t); err != nil {
+		if err := c.Wait(t); err != nil {
 			t.Fatal(err)
 		}
-		if want := lockproxy.OwnerKey("interop2", clientv3.LeaseID(lease)); string(got.Key) != want {
+		if want := grant.OwnerKey("interop2", clientv3.LeaseID(lease)); string(got.Key) != want {
 			t.Fatalf("key %q, want %q", got.Key, want)
 		}
 	})
@@ -135,11 +84,11 @@ func TestLock_excludesConcurrencyMutexBothWays(t *testing.T) {
 			t.Fatal(err)
 		}
 		// Locking with the lease that already holds is the same acquisition.
-		got := lock(t, env, "interop3", int64(sess.Lease()))
+		got := env.MustLock(t, "interop3", int64(sess.Lease()))
 		if string(got.Key) != m.Key() {
 			t.Fatalf("proxy key %q, concurrency key %q", got.Key, m.Key())
 		}
-		unlock(t, env, got.Key)
+		env.MustUnlock(t, got.Key)
 	})
 }
 
@@ -310,13 +259,13 @@ func TestLock_mutualExclusionMixedWithConcurrencyMutex(t *testing.T) {
 
 func TestLock_cancelledWaitersLeaveNoKeys(t *testing.T) {
 	env := proxytest.New(t, proxy.Config{})
-	holder := lock(t, env, "gone", env.Grant(t, 60))
+	holder := env.MustLock(t, "gone", env.Grant(t, 60))
 	const waiters = 20
 	ctx, cancel := context.WithCancel(proxytest.Ctx(t))
-	var calls []*call
+	var calls []*proxytest.Call
 	for i := range waiters {
 		lease := env.Grant(t, 60)
-		c := start(func() error {
+		c := proxytest.Go(func() error {
 			cctx := ctx
 			if i%2 == 0 {
 				// half give up by deadline, half by cancellation
@@ -332,8 +281,8 @@ func TestLock_cancelledWaitersLeaveNoKeys(t *testing.T) {
 	env.WaitKeys(t, "gone/", waiters+1)
 	cancel()
 	for _, c := range calls {
-		if code := status.Code(c.wait(t)); code != codes.Canceled && code != codes.DeadlineExceeded {
-			t.Fatalf("waiter ended with %v, want Canceled or DeadlineExceeded", c.err)
+		if code := status.Code(c.Wait(t)); code != codes.Canceled && code != codes.DeadlineExceeded {
+			t.Fatalf("waiter ended with %v, want Canceled or DeadlineExceeded", c.Err())
 		}
 	}
 	// A cancelled call returns to the client at once; the proxy removes the
@@ -348,9 +297,9 @@ func TestLock_cancelledWaitersLeaveNoKeys(t *testing.T) {
 func TestLock_waiterWhoseLeaseEndsIsToldAtOnce(t *testing.T) {
 	env := proxytest.New(t, proxy.Config{})
 	ctx := proxytest.Ctx(t)
-	holder := lock(t, env, "expire", env.Grant(t, 60))
+	holder := env.MustLock(t, "expire", env.Grant(t, 60))
 	lease := env.Grant(t, 60)
-	c := start(func() error {
+	c := proxytest.Go(func() error {
 		_, err := env.Lock.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("expire"), Lease: lease})
 		return err
 	})
@@ -360,7 +309,7 @@ func TestLock_waiterWhoseLeaseEndsIsToldAtOnce(t *testing.T) {
 	}
 	// etcd's Lock keeps waiting until the holder goes and only then says
 	// the session expired; the proxy answers while the holder still holds.
-	err := c.wait(t)
+	err := c.Wait(t)
 	if st := status.Convert(err); st.Code() != codes.Unknown || st.Message() != concurrency.ErrSessionExpired.Error() {
 		t.Fatalf("got %v, want Unknown %q", err, concurrency.ErrSessionExpired)
 	}
@@ -412,8 +361,8 @@ func TestLock_lease0IsCountedAndLoggedOncePerName(t *testing.T) {
 	var logs syncBuffer
 	env := proxytest.New(t, proxy.Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	for i := range 3 {
-		resp := lock(t, env, fmt.Sprintf("zero%d", i%2), 0)
-		unlock(t, env, resp.Key)
+		resp := env.MustLock(t, fmt.Sprintf("zero%d", i%2), 0)
+		env.MustUnlock(t, resp.Key)
 	}
 	got := env.Metric(t, "coordproxy_lease_zero_calls_total", map[string]string{"rpc": "Lock"})
 	if got != 3 {
@@ -431,10 +380,10 @@ func TestLock_waiterKeyRemovedAfterEtcdComesBack(t *testing.T) {
 	etcd := proxytest.StartEtcd(t)
 	fault, url := proxytest.FaultProxy(t, etcd.URL)
 	env := proxytest.NewProxyEnv(t, etcd, url, proxy.Config{RequestTimeout: 500 * time.Millisecond})
-	holder := lock(t, env, "outage", env.Grant(t, 600))
+	holder := env.MustLock(t, "outage", env.Grant(t, 600))
 	lease := env.Grant(t, 600)
 	ctx, cancel := context.WithCancel(proxytest.Ctx(t))
-	c := start(func() error {
+	c := proxytest.Go(func() error {
 		_, err := env.Lock.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("outage"), Lease: lease})
 		return err
 	})
@@ -443,8 +392,8 @@ func TestLock_waiterKeyRemovedAfterEtcdComesBack(t *testing.T) {
 	fault.PauseRx()
 	proxytest.WaitCutOff(t, env.Proxy.Client())
 	cancel()
-	if code := status.Code(c.wait(t)); code != codes.Canceled {
-		t.Fatalf("waiter ended with %v, want Canceled", c.err)
+	if code := status.Code(c.Wait(t)); code != codes.Canceled {
+		t.Fatalf("waiter ended with %v, want Canceled", c.Err())
 	}
 	proxytest.WaitFor(t, 30*time.Second, func() (bool, string) {
 		n := env.Metric(t, "coordproxy_waiter_cleanups_total", map[string]string{"result": "failed"})

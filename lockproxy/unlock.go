@@ -3,6 +3,8 @@ package lockproxy
 import (
 	"context"
 
+	"github.com/coordproxy/coordproxy/grant"
+	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -14,38 +16,29 @@ import (
 // that is attached to that lease, in one transaction, and refuses anything
 // else with InvalidArgument. A key that is already gone is success, as in etcd.
 func (s *Server) Unlock(ctx context.Context, req *v3lockpb.UnlockRequest) (*v3lockpb.UnlockResponse, error) {
-	hdr, err := s.b.unlock(ctx, string(req.Key))
+	hdr, err := s.unlock(ctx, string(req.Key))
 	if err != nil {
 		return nil, err
 	}
 	return &v3lockpb.UnlockResponse{Header: hdr}, nil
 }
 
-func (b *Backend) unlock(ctx context.Context, key string) (*pb.ResponseHeader, error) {
-	if key == "" {
-		return nil, rpctypes.ErrEmptyKey // etcd's answer to an empty key
-	}
-	_, lease, ok := ParseOwnerKey(key)
-	if !ok {
-		return nil, errNotOwnerKey
-	}
-	return b.release(ctx, key, clientv3.Compare(clientv3.LeaseValue(key), "=", lease), errNotOwnerKey)
-}
-
-// release deletes key in one transaction if leased holds of it; if the key
-// exists but leased does not hold it answers notOurs, and a key already gone
-// is success. Unlock, Semaphore Release and RWLock Unlock share it.
-func (b *Backend) release(ctx context.Context, key string, leased clientv3.Cmp, notOurs error) (*pb.ResponseHeader, error) {
-	resp, err := b.For(ctx).Txn(ctx).
-		If(leased).
-		Then(clientv3.OpDelete(key)).
-		Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).
-		Commit()
+// Unlock deletes an ownership key, as the compatible Unlock does.
+func (l *Locks) Unlock(ctx context.Context, req *coordproxyv1.UnlockRequest) (*coordproxyv1.UnlockResponse, error) {
+	hdr, err := l.unlock(ctx, string(req.Key))
 	if err != nil {
 		return nil, err
 	}
-	if !resp.Succeeded && len(resp.Responses[0].GetResponseRange().Kvs) > 0 {
-		return nil, notOurs
+	return &coordproxyv1.UnlockResponse{Header: grant.Header(hdr)}, nil
+}
+
+func (l *locks) unlock(ctx context.Context, key string) (*pb.ResponseHeader, error) {
+	if key == "" {
+		return nil, rpctypes.ErrEmptyKey // etcd's answer to an empty key
 	}
-	return resp.Header, nil
+	_, lease, ok := grant.ParseOwnerKey(key)
+	if !ok {
+		return nil, errNotOwnerKey
+	}
+	return l.g.Release(ctx, key, clientv3.Compare(clientv3.LeaseValue(key), "=", lease), errNotOwnerKey)
 }

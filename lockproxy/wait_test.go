@@ -17,10 +17,6 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-func etcdWatchers(t *testing.T) float64 {
-	return proxytest.EtcdMetric(t, "etcd_debugging_mvcc_watcher_total")
-}
-
 // The waiters of one name share one etcd watch; some give up, the holder's
 // lease ends, concurrency.Mutex clients queue among them; every acquisition
 // is fenced, none overlaps, and afterwards no watch and no goroutine is left.
@@ -43,7 +39,7 @@ func TestLock_waitersShareOneWatchAndLeaveNothingBehind(t *testing.T) {
 	for i := range leases {
 		leases[i] = env.Grant(t, 60)
 	}
-	watchers0, goroutines0 := etcdWatchers(t), runtime.NumGoroutine()
+	watchers0, goroutines0 := proxytest.EtcdWatchers(t), runtime.NumGoroutine()
 
 	// Proxy waiters; every fourth gives up while queued.
 	quit, giveUp := context.WithCancel(ctx)
@@ -74,7 +70,7 @@ func TestLock_waitersShareOneWatchAndLeaveNothingBehind(t *testing.T) {
 		})
 	}
 	env.WaitKeys(t, "shared/", proxyWaiters+1)
-	if got := etcdWatchers(t) - watchers0; got != 1 {
+	if got := proxytest.EtcdWatchers(t) - watchers0; got != 1 {
 		t.Errorf("%d etcd watchers for %d proxy waiters on one name, want 1", int(got), proxyWaiters)
 	}
 
@@ -116,7 +112,7 @@ func TestLock_waitersShareOneWatchAndLeaveNothingBehind(t *testing.T) {
 
 	// Nothing outlives the waiters but the watch's short linger.
 	proxytest.WaitFor(t, 10*time.Second, func() (bool, string) {
-		w, g := etcdWatchers(t)-watchers0, runtime.NumGoroutine()-goroutines0
+		w, g := proxytest.EtcdWatchers(t)-watchers0, runtime.NumGoroutine()-goroutines0
 		return w <= 0 && g <= 2, fmt.Sprintf("%d etcd watchers and %d goroutines more than before the waiters", int(w), g)
 	})
 }

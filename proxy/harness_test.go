@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coordproxy/coordproxy/lockproxy"
+	"github.com/coordproxy/coordproxy/grant"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -121,7 +121,7 @@ func (r *run) text(s string) string {
 	s = strings.ReplaceAll(s, r.prefix, "<ns>-")
 	// an ownership key ends in the lease in hex
 	if i := strings.LastIndexByte(s, '/'); i >= 0 {
-		if _, lease, ok := lockproxy.ParseOwnerKey(s); ok {
+		if _, lease, ok := grant.ParseOwnerKey(s); ok {
 			s = s[:i+1] + r.leaseLabel(int64(lease))
 		}
 	}
@@ -220,7 +220,7 @@ func (r *run) waitKeys(name string, n int) {
 	r.t.Helper()
 	deadline := time.Now().Add(waitBound)
 	for {
-		resp, err := r.kv.Get(r.ctx, lockproxy.Prefix(name), clientv3.WithPrefix(), clientv3.WithCountOnly())
+		resp, err := r.kv.Get(r.ctx, grant.Prefix(name), clientv3.WithPrefix(), clientv3.WithCountOnly())
 		if err != nil {
 			r.t.Fatal(err)
 		}

@@ -138,7 +138,7 @@ func (s *Server) ready(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), ReadyTimeout)
 	defer cancel()
-	_, err := s.client.Get(ctx, "health")
+	_, err := s.access.Own().Get(ctx, "health")
 	if err != nil && !errors.Is(err, rpctypes.ErrPermissionDenied) {
 		return fmt.Errorf("etcd: %w", err)
 	}

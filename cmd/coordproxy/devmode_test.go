@@ -134,7 +134,7 @@ func TestDevMode_servesKeepsDataAcrossRestartAndStopsOnSIGTERM(t *testing.T) {
 	dir := t.TempDir()
 	addr := proxytest.FreeAddr(t)
 	p := startBinary(t, dir, "--listen", addr)
-	p.waitFor(t, "serving etcd Lock, Election, KV, Watch and Lease APIs")
+	p.waitFor(t, "serving etcd Lock, Election, KV, Watch, Lease")
 	dataDir := filepath.Join(dir, "coordproxy.etcd")
 	for _, want := range []string{"dev mode: started embedded etcd", "url=http://127.0.0.1:", "data_dir=" + dataDir, "listen=" + addr} {
 		if !strings.Contains(p.out.text(), want) {
@@ -168,7 +168,7 @@ func TestDevMode_servesKeepsDataAcrossRestartAndStopsOnSIGTERM(t *testing.T) {
 	}
 
 	p = startBinary(t, dir, "--listen", addr)
-	p.waitFor(t, "serving etcd Lock, Election, KV, Watch and Lease APIs")
+	p.waitFor(t, "serving etcd Lock, Election, KV, Watch, Lease")
 	conn = proxytest.Dial(t, addr)
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()

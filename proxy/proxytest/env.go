@@ -234,3 +234,21 @@ func WaitCutOff(t testing.TB, cli *clientv3.Client) {
 		return err != nil, "etcd still answers through the paused fault proxy"
 	})
 }
+
+// MustLock locks name for lease through the proxy's Lock service.
+func (e *Env) MustLock(t testing.TB, name string, lease int64) *v3lockpb.LockResponse {
+	t.Helper()
+	resp, err := e.Lock.Lock(Ctx(t), &v3lockpb.LockRequest{Name: []byte(name), Lease: lease})
+	if err != nil {
+		t.Fatalf("lock %q: %v", name, err)
+	}
+	return resp
+}
+
+// MustUnlock unlocks key through the proxy's Lock service.
+func (e *Env) MustUnlock(t testing.TB, key []byte) {
+	t.Helper()
+	if _, err := e.Lock.Unlock(Ctx(t), &v3lockpb.UnlockRequest{Key: key}); err != nil {
+		t.Fatalf("unlock %q: %v", key, err)
+	}
+}

@@ -1,0 +1,115 @@
+package grant
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/coordproxy/coordproxy/etcdio"
+	"github.com/coordproxy/coordproxy/queue"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+)
+
+// DefaultObserveBuffer is how many leader changes one Observe stream may lag
+// behind before it is ended.
+const DefaultObserveBuffer = 1024
+
+// Options tune a Granter. Zero values take the defaults.
+type Options struct {
+	// QueueLinger keeps a prefix's watch this long after its last user
+	// (0: queue.DefaultLinger).
+	QueueLinger time.Duration
+	// ObserveBuffer bounds how far one observer may lag (0:
+	// DefaultObserveBuffer).
+	ObserveBuffer int
+	Logger        *slog.Logger
+	Metrics       *Metrics
+}
+
+// Granter is what every primitive shares between the transaction that puts
+// its key in a name's queue and its answer: the wait for the key's turn and
+// the check after it (Take), the holders it has granted (hold.go), the
+// removal of keys nobody will hold (cleanup.go), the lease-0 policy
+// (lease0.go), releases (release.go) and reads of a queue (describe.go).
+type Granter struct {
+	etcd          *etcdio.Etcd
+	queues        *queue.Registry
+	observeBuffer int
+	log           *slog.Logger
+	metrics       *Metrics
+	cleaner       *cleaner
+
+	holds sync.WaitGroup // the goroutines of hold
+
+	mu         sync.Mutex
+	lease0Seen map[string]struct{}
+	held       map[heldKey]struct{}
+}
+
+// New returns a Granter over etcd.
+func New(etcd *etcdio.Etcd, opts Options) *Granter {
+	if opts.ObserveBuffer <= 0 {
+		opts.ObserveBuffer = DefaultObserveBuffer
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = NewMetrics(nil)
+	}
+	return &Granter{
+		etcd:          etcd,
+		queues:        queue.NewRegistry(etcd.Own(), opts.Logger, etcd.RequestTimeout(), opts.QueueLinger),
+		observeBuffer: opts.ObserveBuffer,
+		log:           opts.Logger,
+		metrics:       opts.Metrics,
+		cleaner:       newCleaner(etcd, opts.Logger, opts.Metrics),
+		lease0Seen:    map[string]struct{}{},
+		held:          map[heldKey]struct{}{},
+	}
+}
+
+// Etcd is the etcd the Granter reaches: the services send their own
+// transactions through it.
+func (g *Granter) Etcd() *etcdio.Etcd { return g.etcd }
+
+// Close stops every wait (etcdio.Etcd.Stop), lets pending cleanups run until
+// ctx is done, and stops the queues' watches.
+func (g *Granter) Close(ctx context.Context) {
+	g.etcd.Stop()
+	// A hold that has not yet seen the stop has added to holds by the time
+	// it lets go of mu; later ones add nothing.
+	g.mu.Lock()
+	g.mu.Unlock()
+	g.holds.Wait()
+	g.cleaner.wait(ctx)
+	g.queues.Close()
+}
+
+// CallErr maps the error of a call on a context from etcd's WithStop, or of
+// a queue's wait: a call cut short because the proxy is stopping (its
+// context, its wait, or the queue under it) answers as a stopping etcd
+// member does; anything else is returned as etcd's service would.
+func (g *Granter) CallErr(ctx context.Context, err error) error {
+	if errors.Is(err, queue.ErrStopped) {
+		return rpctypes.ErrGRPCStopped
+	}
+	return etcdio.StopErr(ctx, err)
+}
+
+// Observe registers an observer of name's queue (its first key, in revision
+// order); stop unregisters it. The error is CallErr's.
+func (g *Granter) Observe(ctx context.Context, name string) (o *queue.Observer, stop func(), err error) {
+	q := g.queues.Join(Prefix(name))
+	o, err = q.Observe(ctx, g.observeBuffer)
+	if err != nil {
+		g.queues.Leave(q)
+		return nil, nil, g.CallErr(ctx, err)
+	}
+	return o, func() {
+		q.StopObserving(o)
+		g.queues.Leave(q)
+	}, nil
+}

@@ -1,0 +1,26 @@
+package grant
+
+import (
+	"context"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Release deletes key in one transaction if leased holds of it; if the key
+// exists but leased does not hold it answers notOurs, and a key already gone
+// is success. Unlock, Semaphore Release and RWLock Unlock share it.
+func (g *Granter) Release(ctx context.Context, key string, leased clientv3.Cmp, notOurs error) (*pb.ResponseHeader, error) {
+	resp, err := g.etcd.For(ctx).Txn(ctx).
+		If(leased).
+		Then(clientv3.OpDelete(key)).
+		Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).
+		Commit()
+	if err != nil {
+		return nil, err
+	}
+	if !resp.Succeeded && len(resp.Responses[0].GetResponseRange().Kvs) > 0 {
+		return nil, notOurs
+	}
+	return resp.Header, nil
+}

@@ -1,0 +1,89 @@
+package passthrough
+
+import (
+	"context"
+
+	"github.com/coordproxy/coordproxy/etcdio"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+)
+
+// Auth passes Authenticate through, so that a client with an etcd user gets
+// its token from the proxy's address and sends it with its calls; etcd
+// checks it (proxy/forward.go). Enabling auth and managing users and roles
+// stay on etcd's own endpoints: an administrator's business, not a lock
+// client's.
+type Auth struct {
+	pb.UnsafeAuthServer
+	etcd *etcdio.Etcd
+}
+
+// NewAuth returns the Auth pass-through.
+func NewAuth(etcd *etcdio.Etcd) *Auth { return &Auth{etcd: etcd} }
+
+func (a *Auth) Authenticate(ctx context.Context, r *pb.AuthenticateRequest) (*pb.AuthenticateResponse, error) {
+	return pb.NewAuthClient(a.etcd.For(ctx).ActiveConnection()).Authenticate(ctx, r)
+}
+
+func (a *Auth) AuthEnable(context.Context, *pb.AuthEnableRequest) (*pb.AuthEnableResponse, error) {
+	return nil, notServed("AuthEnable")
+}
+
+func (a *Auth) AuthDisable(context.Context, *pb.AuthDisableRequest) (*pb.AuthDisableResponse, error) {
+	return nil, notServed("AuthDisable")
+}
+
+func (a *Auth) AuthStatus(context.Context, *pb.AuthStatusRequest) (*pb.AuthStatusResponse, error) {
+	return nil, notServed("AuthStatus")
+}
+
+func (a *Auth) UserAdd(context.Context, *pb.AuthUserAddRequest) (*pb.AuthUserAddResponse, error) {
+	return nil, notServed("UserAdd")
+}
+
+func (a *Auth) UserGet(context.Context, *pb.AuthUserGetRequest) (*pb.AuthUserGetResponse, error) {
+	return nil, notServed("UserGet")
+}
+
+func (a *Auth) UserList(context.Context, *pb.AuthUserListRequest) (*pb.AuthUserListResponse, error) {
+	return nil, notServed("UserList")
+}
+
+func (a *Auth) UserDelete(context.Context, *pb.AuthUserDeleteRequest) (*pb.AuthUserDeleteResponse, error) {
+	return nil, notServed("UserDelete")
+}
+
+func (a *Auth) UserChangePassword(context.Context, *pb.AuthUserChangePasswordRequest) (*pb.AuthUserChangePasswordResponse, error) {
+	return nil, notServed("UserChangePassword")
+}
+
+func (a *Auth) UserGrantRole(context.Context, *pb.AuthUserGrantRoleRequest) (*pb.AuthUserGrantRoleResponse, error) {
+	return nil, notServed("UserGrantRole")
+}
+
+func (a *Auth) UserRevokeRole(context.Context, *pb.AuthUserRevokeRoleRequest) (*pb.AuthUserRevokeRoleResponse, error) {
+	return nil, notServed("UserRevokeRole")
+}
+
+func (a *Auth) RoleAdd(context.Context, *pb.AuthRoleAddRequest) (*pb.AuthRoleAddResponse, error) {
+	return nil, notServed("RoleAdd")
+}
+
+func (a *Auth) RoleGet(context.Context, *pb.AuthRoleGetRequest) (*pb.AuthRoleGetResponse, error) {
+	return nil, notServed("RoleGet")
+}
+
+func (a *Auth) RoleList(context.Context, *pb.AuthRoleListRequest) (*pb.AuthRoleListResponse, error) {
+	return nil, notServed("RoleList")
+}
+
+func (a *Auth) RoleDelete(context.Context, *pb.AuthRoleDeleteRequest) (*pb.AuthRoleDeleteResponse, error) {
+	return nil, notServed("RoleDelete")
+}
+
+func (a *Auth) RoleGrantPermission(context.Context, *pb.AuthRoleGrantPermissionRequest) (*pb.AuthRoleGrantPermissionResponse, error) {
+	return nil, notServed("RoleGrantPermission")
+}
+
+func (a *Auth) RoleRevokePermission(context.Context, *pb.AuthRoleRevokePermissionRequest) (*pb.AuthRoleRevokePermissionResponse, error) {
+	return nil, notServed("RoleRevokePermission")
+}

@@ -1,0 +1,136 @@
+package passthrough
+
+import (
+	"context"
+
+	"github.com/coordproxy/coordproxy/etcdio"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/proxy/grpcproxy"
+	"google.golang.org/grpc"
+)
+
+// kvServer passes etcd's KV service through, so that fenced writes, etcdctl
+// and concurrency.Mutex users reach etcd at the same address as Lock and
+// Election. Requests go through the proxy's etcd client (and so through its
+// --namespace and its request limiter), turned into client operations by
+// etcd's own grpc-proxy adapters. Unlike etcd's grpc-proxy it keeps no cache:
+// a serializable read is as fresh as one an etcd member serves. Errors get
+// etcd's codes back at the proxy's edge (proxy/wire.go).
+type KV struct {
+	pb.UnsafeKVServer
+	etcd *etcdio.Etcd
+}
+
+// NewKV returns the KV pass-through.
+func NewKV(etcd *etcdio.Etcd) *KV { return &KV{etcd: etcd} }
+
+// RangeStream (etcd 3.7) is not served: it streams one range in chunks,
+// which the etcd client cannot relay.
+func (s *KV) RangeStream(*pb.RangeRequest, grpc.ServerStreamingServer[pb.RangeStreamResponse]) error {
+	return notServed("RangeStream")
+}
+
+func (s *KV) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	resp, err := s.etcd.For(ctx).Do(ctx, grpcproxy.RangeRequestToOp(r))
+	if err != nil {
+		return nil, err
+	}
+	return (*pb.RangeResponse)(resp.Get()), nil
+}
+
+func (s *KV) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
+	resp, err := s.etcd.For(ctx).Do(ctx, grpcproxy.PutRequestToOp(r))
+	if err != nil {
+		return nil, err
+	}
+	return (*pb.PutResponse)(resp.Put()), nil
+}
+
+func (s *KV) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
+	resp, err := s.etcd.For(ctx).Do(ctx, grpcproxy.DelRequestToOp(r))
+	if err != nil {
+		return nil, err
+	}
+	return (*pb.DeleteRangeResponse)(resp.Del()), nil
+}
+
+func (s *KV) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
+	if err := checkTxn(r); err != nil {
+		return nil, err
+	}
+	resp, err := s.etcd.For(ctx).Do(ctx, grpcproxy.TxnRequestToOp(r))
+	if err != nil {
+		return nil, err
+	}
+	return (*pb.TxnResponse)(resp.Txn()), nil
+}
+
+// Compact compacts etcd's whole history, as it does on etcd: revisions are
+// cluster-wide, a namespace has none of its own.
+func (s *KV) Compact(ctx context.Context, r *pb.CompactionRequest) (*pb.CompactionResponse, error) {
+	var opts []clientv3.CompactOption
+	if r.Physical {
+		opts = append(opts, clientv3.WithCompactPhysical())
+	}
+	resp, err := s.etcd.For(ctx).Compact(ctx, r.Revision, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return (*pb.CompactionResponse)(resp), nil
+}
+
+// checkTxn answers as etcd's own checks (v3rpc checkTxnRequest) do for what
+// the proxy must see before etcd does: an operation without a request, which
+// etcd's adapters cannot turn into a client operation, and an empty key,
+// which a namespace would turn into the namespace's own prefix. Everything
+// else (sizes, duplicate keys, too many operations) etcd judges itself.
+func checkTxn(r *pb.TxnRequest) error {
+	for _, c := range r.Compare {
+		if len(c.Key) == 0 {
+			return rpctypes.ErrGRPCEmptyKey
+		}
+	}
+	for _, ops := range [][]*pb.RequestOp{r.Success, r.Failure} {
+		for _, op := range ops {
+			if err := checkRequestOp(op); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func checkRequestOp(op *pb.RequestOp) error {
+	var key []byte
+	switch v := op.GetRequest().(type) {
+	case *pb.RequestOp_RequestRange:
+		if v.RequestRange == nil {
+			return rpctypes.ErrGRPCKeyNotFound
+		}
+		key = v.RequestRange.Key
+	case *pb.RequestOp_RequestPut:
+		if v.RequestPut == nil {
+			return rpctypes.ErrGRPCKeyNotFound
+		}
+		key = v.RequestPut.Key
+	case *pb.RequestOp_RequestDeleteRange:
+		if v.RequestDeleteRange == nil {
+			return rpctypes.ErrGRPCKeyNotFound
+		}
+		key = v.RequestDeleteRange.Key
+	case *pb.RequestOp_RequestTxn:
+		if v.RequestTxn == nil {
+			return rpctypes.ErrGRPCKeyNotFound
+		}
+		return checkTxn(v.RequestTxn)
+	default: // empty operation: etcd's answer
+		return rpctypes.ErrGRPCKeyNotFound
+	}
+	if len(key) == 0 {
+		return rpctypes.ErrGRPCEmptyKey
+	}
+	return nil
+}

@@ -1,0 +1,127 @@
+package proxy
+
+import (
+	"log/slog"
+	"time"
+
+	"github.com/coordproxy/coordproxy/etcdio"
+	"github.com/coordproxy/coordproxy/grant"
+	"github.com/coordproxy/coordproxy/queue"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Config is everything a Server needs; cmd/coordproxy fills it from flags and
+// the environment.
+type Config struct {
+	// Endpoints are etcd client URLs. Empty means dev mode: a real
+	// single-member etcd is started in this process with its data in DataDir.
+	Endpoints []string
+	// Listen is the gRPC address, host:port.
+	Listen string
+	// DataDir holds the embedded etcd's data in dev mode.
+	DataDir string
+	// DialTimeout bounds connecting to etcd.
+	DialTimeout time.Duration
+	// RequestTimeout bounds every etcd call the proxy makes on its own.
+	RequestTimeout time.Duration
+	// ShutdownTimeout bounds the graceful stop before it is forced.
+	ShutdownTimeout time.Duration
+	// DrainDelay is how long Shutdown keeps serving new calls after /readyz
+	// turned 503 and gRPC health NOT_SERVING, so that load balancers stop
+	// sending calls here before they would be refused. It counts within the
+	// shutdown bound.
+	DrainDelay time.Duration
+	// Pprof serves net/http/pprof under /debug/pprof/ on the HTTP side of
+	// the port.
+	Pprof bool
+	// Logger receives the proxy's logs; nil discards them.
+	Logger *slog.Logger
+	// Registry receives the proxy's metrics; nil makes a private one.
+	Registry *prometheus.Registry
+	// ObserveBuffer is how many leader changes an Observe stream may fall
+	// behind before it is ended with ResourceExhausted.
+	ObserveBuffer int
+	// MaxEtcdRequests bounds the unary etcd requests in flight from this
+	// proxy. Calls beyond it wait here, on their own deadlines, rather than
+	// pile up in etcd, which answers "too many requests" once its apply
+	// backlog grows. Watches and lease keep-alive streams are not counted.
+	// As many workers send the requests waiting calls make before they wait
+	// (etcdio.Config.Workers).
+	MaxEtcdRequests int
+	// QueueLinger keeps a name's etcd watch this long after its last waiter
+	// or observer left, so that alternating callers share it.
+	QueueLinger time.Duration
+	// Namespace, when set, is a key prefix ending in "/" under which every
+	// key the proxy touches lives: locks, elections, KV and watches. Keys
+	// in responses come back without it; nothing outside it can be read,
+	// written or unlocked through the proxy.
+	Namespace string
+	// Embed tunes the dev-mode etcd.
+	Embed EmbedOptions
+
+	// CertFile and KeyFile, when set, make the port serve TLS only: gRPC,
+	// the JSON gateway, health and metrics alike.
+	CertFile, KeyFile string
+	// TrustedCAFile and ClientCertAuth ask every client for a certificate
+	// signed by the CA in TrustedCAFile (mTLS), as on an etcd member.
+	TrustedCAFile  string
+	ClientCertAuth bool
+
+	// EtcdCACert verifies etcd's certificate (empty: the system's roots);
+	// EtcdCert and EtcdKey are the proxy's client certificate for etcd.
+	// They apply to https:// endpoints.
+	EtcdCACert, EtcdCert, EtcdKey string
+	// EtcdUsername and EtcdPassword are the proxy's own etcd user: every
+	// etcd request of the proxy's client runs as this user, the calls it
+	// makes for its callers as well as cleanup, watches and /readyz.
+	EtcdUsername, EtcdPassword string
+}
+
+// DefaultConfig is the configuration whose every default is named here and
+// nowhere else above the layer that owns it; New fills the zero fields of a
+// Config from it. cmd/coordproxy's flag defaults must equal it (its
+// TestConfig_defaultsAreProxyDefaults).
+func DefaultConfig() Config {
+	return Config{
+		Listen:          "127.0.0.1:23790",
+		DataDir:         "coordproxy.etcd",
+		DialTimeout:     etcdio.DefaultDialTimeout,
+		RequestTimeout:  etcdio.DefaultRequestTimeout,
+		ShutdownTimeout: 10 * time.Second,
+		MaxEtcdRequests: etcdio.DefaultMaxRequests,
+		ObserveBuffer:   grant.DefaultObserveBuffer,
+		QueueLinger:     queue.DefaultLinger,
+	}
+}
+
+// withDefaults fills c's zero fields from DefaultConfig.
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Registry == nil {
+		c.Registry = prometheus.NewRegistry()
+	}
+	if c.Listen == "" {
+		c.Listen = d.Listen
+	}
+	if c.DataDir == "" {
+		c.DataDir = d.DataDir
+	}
+	for _, f := range []struct{ v, def *time.Duration }{
+		{&c.DialTimeout, &d.DialTimeout}, {&c.RequestTimeout, &d.RequestTimeout},
+		{&c.ShutdownTimeout, &d.ShutdownTimeout}, {&c.QueueLinger, &d.QueueLinger},
+	} {
+		if *f.v <= 0 {
+			*f.v = *f.def
+		}
+	}
+	if c.MaxEtcdRequests <= 0 {
+		c.MaxEtcdRequests = d.MaxEtcdRequests
+	}
+	if c.ObserveBuffer <= 0 {
+		c.ObserveBuffer = d.ObserveBuffer
+	}
+	return c
+}

@@ -1,0 +1,46 @@
+package proxy
+
+import (
+	"context"
+	"strings"
+
+	middleware "github.com/grpc-ecosystem/go-grpc-middleware/v2"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// edgeUnary and edgeStream are the one edge every call passes: once the
+// drain delay is over they answer new calls Unavailable, as a stopping etcd
+// member does, so that clients connected before the listener closed learn at
+// once to go elsewhere (health checks still answer, NOT_SERVING); they hand
+// the caller's hasleader and token metadata on to etcd (forwardContext); and
+// they give errors etcd's codes and texts (wireErr).
+func (s *Server) edgeUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if s.refused(info.FullMethod) {
+		return nil, rpctypes.ErrGRPCStopped
+	}
+	resp, err := handler(forwardContext(ctx), req)
+	return resp, wireErr(info.FullMethod, err)
+}
+
+func (s *Server) edgeStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if s.refused(info.FullMethod) {
+		return rpctypes.ErrGRPCStopped
+	}
+	if ctx := forwardContext(ss.Context()); ctx != ss.Context() {
+		w := middleware.WrapServerStream(ss)
+		w.WrappedContext = ctx
+		ss = w
+	}
+	return wireErr(info.FullMethod, handler(srv, ss))
+}
+
+func (s *Server) refused(method string) bool {
+	select {
+	case <-s.refusing:
+		return !strings.HasPrefix(method, "/"+healthpb.Health_ServiceDesc.ServiceName+"/")
+	default:
+		return false
+	}
+}
