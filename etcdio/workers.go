@@ -18,7 +18,7 @@ import (
 // which seldom comes once every waiter is parked and nothing allocates. (A
 // new goroutine per request would not do: its first stack comes from the
 // same pool as the handlers' and leaves theirs scattered over half-empty
-// stack spans.) docs/benchmarks.md, "Waiters' memory", has the figures.
+// stack spans.) docs/benchmarks.md, "10 000 waiters", has the figures.
 type workers struct {
 	jobs    chan func()
 	stop    chan struct{}

@@ -10,7 +10,7 @@ const (
 	ServiceRWLock    = "rwlock"
 )
 
-// Metrics are the counters and gauges the Lock and Election services keep.
+// Metrics are the counters and gauges every primitive keeps through grant.
 type Metrics struct {
 	Lease0   *prometheus.CounterVec
 	Cleanups *prometheus.CounterVec

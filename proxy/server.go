@@ -110,7 +110,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	}
 	defer func() {
 		if err != nil {
-			s.closeBackends(context.Background())
+			s.closeEtcdSide(context.Background())
 			s.lis.Close()
 		}
 	}()

@@ -43,7 +43,7 @@ func (s *Server) Shutdown(ctx context.Context) {
 		<-stopped
 	}
 	// gRPC calls are over, the gateway's with them; GracefulStop closed
-	// the in-memory listener too, and closeBackends closes the gateway's
+	// the in-memory listener too, and closeEtcdSide closes the gateway's
 	// connection.
 	s.inproc.Close()
 	if err := s.http.Shutdown(ctx); err != nil {
@@ -51,12 +51,13 @@ func (s *Server) Shutdown(ctx context.Context) {
 	}
 	s.mux.Close()
 	s.lis.Close()
-	s.closeBackends(ctx)
+	s.closeEtcdSide(ctx)
 	s.log.Info("stopped")
 }
 
-// closeBackends gives pending cleanups until ctx is done.
-func (s *Server) closeBackends(ctx context.Context) {
+// closeEtcdSide closes the gateway's connection and everything toward etcd,
+// giving pending cleanups until ctx is done.
+func (s *Server) closeEtcdSide(ctx context.Context) {
 	if s.gwConn != nil {
 		s.gwConn.Close()
 	}

@@ -162,17 +162,9 @@ func (q *Queue) snapshot() error {
 	sort.Slice(q.order, func(i, j int) bool { return less(q.order[i], q.order[j].CreateRevision, q.order[j].Key) })
 	q.rev = resp.Header.Revision
 	q.noteHeader(resp.Header)
-	if !q.loaded {
-		q.loaded = true
-		select {
-		case <-q.ready:
-		default:
-			close(q.ready)
-		}
-	}
-	for k := range q.waits {
-		q.wakeLocked(k)
-	}
+	q.loaded = true
+	q.readyLocked()
+	q.wakeAllLocked()
 	q.notifyLocked()
 	return nil
 }
@@ -271,17 +263,27 @@ func (q *Queue) stop() {
 		return
 	}
 	q.stopped = true
+	q.readyLocked()
+	q.wakeAllLocked()
+	for o := range q.observers {
+		o.err = ErrStopped
+		delete(q.observers, o)
+		close(o.C)
+	}
+}
+
+// readyLocked lets waits and observers in (once loaded, or stopped).
+func (q *Queue) readyLocked() {
 	select {
 	case <-q.ready:
 	default:
 		close(q.ready)
 	}
+}
+
+// wakeAllLocked wakes every waiter to judge its place again.
+func (q *Queue) wakeAllLocked() {
 	for k := range q.waits {
 		q.wakeLocked(k)
-	}
-	for o := range q.observers {
-		o.err = ErrStopped
-		delete(q.observers, o)
-		close(o.C)
 	}
 }

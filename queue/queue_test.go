@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -17,7 +16,6 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	etcdproxy "go.etcd.io/etcd/pkg/v3/proxy"
-	"go.uber.org/zap"
 )
 
 // The queue is tested on its own over a real etcd, without a proxy: keys
@@ -206,33 +204,14 @@ func TestQueue_resyncsAfterMissedCompactedRevisions(t *testing.T) {
 	// The queue reaches etcd through a TCP proxy that the test closes and
 	// opens again on the same address, so that the watch breaks and cannot
 	// come back until the revisions it missed are compacted.
-	from := url.URL{Scheme: "tcp", Host: proxytest.FreeAddr(t)}
-	to, _ := url.Parse(etcd.URL)
-	to.Scheme = "tcp"
-	openProxy := func() etcdproxy.Server {
-		p := etcdproxy.NewServer(etcdproxy.ServerConfig{Logger: zap.NewNop(), From: from, To: *to})
-		select {
-		case <-p.Ready():
-		case err := <-p.Error():
-			t.Fatalf("tcp proxy: %v", err)
-		}
-		go func() {
-			for {
-				select {
-				case <-p.Error():
-				case <-p.Done():
-					return
-				}
-			}
-		}()
-		return p
-	}
+	from := proxytest.FreeAddr(t)
+	openProxy := func() etcdproxy.Server { return proxytest.FaultProxyAt(t, from, etcd.URL) }
 	tcp := openProxy()
 	// Closed after the queue's client (cleanups run last first): a TCP
 	// proxy's Close waits for its connections to end.
 	t.Cleanup(func() { tcp.Close() })
 	var logs proxytest.LockedBuffer
-	r := registry(t, "http://"+from.Host, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	r := registry(t, "http://"+from, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 
 	holder := put(t, c, "r/holder")
 	waiterRev := put(t, c, "r/waiter")

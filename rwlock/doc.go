@@ -4,6 +4,6 @@
 // reader's key is name+"/read/"+UnixNano, a writer's name+"/write/"+UnixNano,
 // attached to the caller's lease. A reader holds once no writer's key is
 // older than its own, a writer once no key under the name is; the proxy waits
-// for that on the name's shared queue (wait.go) where the recipe watches the
+// for that on the name's shared queue (readerWait) where the recipe watches the
 // blocking key itself, and package grant confirms each grant.
 package rwlock

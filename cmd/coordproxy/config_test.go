@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"github.com/coordproxy/coordproxy/proxy"
 	"net"
 	"os"
 	"path/filepath"
@@ -218,5 +219,41 @@ func TestRun_wrongEtcdPasswordExitsWithOneLine(t *testing.T) {
 	out := stderr.String()
 	if code != 1 || !strings.Contains(out, "authentication failed") || strings.Count(strings.TrimRight(out, "\n"), "\n") != 0 {
 		t.Fatalf("exit %d, stderr %q; want exit 1 and one line with etcd's authentication error", code, out)
+	}
+}
+
+// The flags' documented defaults (config.go's default tags, which the README
+// table and the deploy files are checked against) are proxy.DefaultConfig's,
+// which every layer below takes its defaults from; settings without a flag
+// are left zero here and so take DefaultConfig's in proxy.New.
+func TestConfig_defaultsAreProxyDefaults(t *testing.T) {
+	c, err := parseConfig(nil, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := c.proxyConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := proxy.DefaultConfig()
+	for _, f := range []struct {
+		name      string
+		got, want any
+	}{
+		{"listen", got.Listen, want.Listen},
+		{"data-dir", got.DataDir, want.DataDir},
+		{"dial-timeout", got.DialTimeout, want.DialTimeout},
+		{"request-timeout", got.RequestTimeout, want.RequestTimeout},
+		{"shutdown-timeout", got.ShutdownTimeout, want.ShutdownTimeout},
+		{"drain-delay", got.DrainDelay, want.DrainDelay},
+		{"max-etcd-requests", got.MaxEtcdRequests, want.MaxEtcdRequests},
+		{"namespace", got.Namespace, want.Namespace},
+	} {
+		if f.got != f.want {
+			t.Errorf("--%s defaults to %v, proxy.DefaultConfig to %v", f.name, f.got, f.want)
+		}
+	}
+	if got.ObserveBuffer != 0 || got.QueueLinger != 0 {
+		t.Errorf("settings without a flag are set (%d, %s): they must come from proxy.DefaultConfig", got.ObserveBuffer, got.QueueLinger)
 	}
 }

@@ -195,13 +195,24 @@ func gathered(t testing.TB, g prometheus.Gatherer, name string, labels map[strin
 // in a way no real network does.)
 func FaultProxy(t testing.TB, toURL string) (etcdproxy.Server, string) {
 	t.Helper()
+	from := FreeAddr(t)
+	p := FaultProxyAt(t, from, toURL)
+	t.Cleanup(func() { p.Close() })
+	return p, "http://" + from
+}
+
+// FaultProxyAt is FaultProxy listening on from (host:port), for a test that
+// closes it and opens another on the same address; the caller closes it.
+// Its Close waits for its connections to end, so close the clients that use
+// it first.
+func FaultProxyAt(t testing.TB, from, toURL string) etcdproxy.Server {
+	t.Helper()
 	to, err := url.Parse(toURL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	from := url.URL{Scheme: "tcp", Host: FreeAddr(t)}
 	to.Scheme = "tcp"
-	p := etcdproxy.NewServer(etcdproxy.ServerConfig{Logger: zap.NewNop(), From: from, To: *to})
+	p := etcdproxy.NewServer(etcdproxy.ServerConfig{Logger: zap.NewNop(), From: url.URL{Scheme: "tcp", Host: from}, To: *to})
 	select {
 	case <-p.Ready():
 	case err := <-p.Error():
@@ -218,8 +229,7 @@ func FaultProxy(t testing.TB, toURL string) (etcdproxy.Server, string) {
 			}
 		}
 	}()
-	t.Cleanup(func() { p.Close() })
-	return p, "http://" + from.Host
+	return p
 }
 
 // WaitCutOff waits until a request through cli goes unanswered. A paused

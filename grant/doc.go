@@ -1,0 +1,11 @@
+// Package grant is what every primitive (Lock, TryLock, Campaign, semaphore
+// Acquire, RLock/WLock) shares between its own etcd transaction and its
+// answer. The transaction puts the caller's key in the name's queue and
+// yields a Claim; Take (take.go) turns it into a Grant: it waits for the
+// turn on the name's shared queue (package queue), confirms it with one
+// linearizable read (the post-wait check), removes the key of a caller who
+// left or failed (cleanup.go), and counts what it granted as held until the
+// key is deleted (hold.go). It also holds the key layout of concurrency's
+// Mutex and Election (keys.go), the lease-0 policy (lease0.go), releases
+// (release.go) and reads of a queue for Describe (describe.go).
+package grant
