@@ -270,7 +270,7 @@ func TestLock_fencedMutualExclusion(t *testing.T) {
 	const workers, rounds = 16, 6
 	env := proxytest.New(t, proxy.Config{})
 	ctx := proxytest.Ctx(t)
-	f := &fence{kv: env.KV, counter: "fenced-counter"}
+	f := proxytest.NewFence(env.KV, "fenced-counter", 1)
 	var wg sync.WaitGroup
 	errc := make(chan error, workers)
 	for range workers {
@@ -279,7 +279,7 @@ func TestLock_fencedMutualExclusion(t *testing.T) {
 			for range rounds {
 				h, err := env.Locks.Lock(ctx, &coordproxyv1.LockRequest{Name: []byte("fenced"), Lease: lease})
 				if err == nil {
-					err = f.critical(ctx, string(h.Key))
+					err = f.Critical(ctx, string(h.Key))
 				}
 				if err == nil {
 					_, err = env.Locks.Unlock(ctx, &coordproxyv1.UnlockRequest{Key: h.Key})
@@ -296,7 +296,7 @@ func TestLock_fencedMutualExclusion(t *testing.T) {
 	for err := range errc {
 		t.Fatal(err)
 	}
-	f.check(t, workers*rounds)
+	f.Check(t, workers*rounds)
 	if kvs := env.Keys(t, "fenced/"); len(kvs) != 0 {
 		t.Fatalf("%d keys left", len(kvs))
 	}

@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -92,88 +91,11 @@ func TestLock_excludesConcurrencyMutexBothWays(t *testing.T) {
 	})
 }
 
-// fence is the critical section's write: it succeeds only while the lock
-// key still has the create revision the holder got, and only if nobody
-// wrote the counter since the holder read it. Overlapping holders make one
-// of them fail.
-type fence struct {
-	kv      *clientv3.Client
-	counter string
-	inside  atomic.Int32
-
-	overlaps, failed, done atomic.Int64
-}
-
-func (f *fence) critical(ctx context.Context, lockKey string) error {
-	if f.inside.Add(1) != 1 {
-		f.overlaps.Add(1)
-	}
-	defer f.inside.Add(-1)
-	kr, err := f.kv.Get(ctx, lockKey)
-	if err != nil {
-		return err
-	}
-	if len(kr.Kvs) == 0 {
-		f.failed.Add(1)
-		return nil
-	}
-	lockRev := kr.Kvs[0].CreateRevision
-	cr, err := f.kv.Get(ctx, f.counter)
-	if err != nil {
-		return err
-	}
-	n, mod := 0, int64(0)
-	if len(cr.Kvs) > 0 {
-		n, _ = strconv.Atoi(string(cr.Kvs[0].Value))
-		mod = cr.Kvs[0].ModRevision
-	}
-	resp, err := f.kv.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(lockKey), "=", lockRev),
-			clientv3.Compare(clientv3.ModRevision(f.counter), "=", mod)).
-		Then(clientv3.OpPut(f.counter, strconv.Itoa(n+1))).
-		Commit()
-	if err != nil {
-		return err
-	}
-	if resp.Succeeded {
-		f.done.Add(1)
-	} else {
-		f.failed.Add(1)
-	}
-	return nil
-}
-
-// mutexRound locks m (a client-side concurrency.Mutex), does the fenced
-// write and unlocks.
-func (f *fence) mutexRound(ctx context.Context, m *concurrency.Mutex) error {
-	if err := m.Lock(ctx); err != nil {
-		return err
-	}
-	if err := f.critical(ctx, m.Key()); err != nil {
-		return err
-	}
-	return m.Unlock(ctx)
-}
-
-func (f *fence) check(t *testing.T, want int) {
-	t.Helper()
-	if f.overlaps.Load() != 0 || f.failed.Load() != 0 {
-		t.Fatalf("overlaps=%d failed fenced writes=%d", f.overlaps.Load(), f.failed.Load())
-	}
-	resp, err := f.kv.Get(context.Background(), f.counter)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := string(resp.Kvs[0].Value); got != strconv.Itoa(want) || f.done.Load() != int64(want) {
-		t.Fatalf("counter %s, fenced writes %d, want %d", got, f.done.Load(), want)
-	}
-}
-
 func TestLock_mutualExclusionWithFencedWrites(t *testing.T) {
 	const workers, rounds = 16, 8
 	env := proxytest.New(t, proxy.Config{})
 	ctx := proxytest.Ctx(t)
-	f := &fence{kv: env.KV, counter: "mutex-counter"}
+	f := proxytest.NewFence(env.KV, "mutex-counter", 1)
 	var wg sync.WaitGroup
 	errc := make(chan error, workers)
 	for range workers {
@@ -185,7 +107,7 @@ func TestLock_mutualExclusionWithFencedWrites(t *testing.T) {
 					errc <- err
 					return
 				}
-				if err := f.critical(ctx, string(resp.Key)); err != nil {
+				if err := f.Critical(ctx, string(resp.Key)); err != nil {
 					errc <- err
 					return
 				}
@@ -201,7 +123,7 @@ func TestLock_mutualExclusionWithFencedWrites(t *testing.T) {
 	for err := range errc {
 		t.Fatal(err)
 	}
-	f.check(t, workers*rounds)
+	f.Check(t, workers*rounds)
 	if kvs := env.Keys(t, "mutex/"); len(kvs) != 0 {
 		t.Fatalf("%d keys left under mutex/", len(kvs))
 	}
@@ -211,7 +133,7 @@ func TestLock_mutualExclusionMixedWithConcurrencyMutex(t *testing.T) {
 	const workers, rounds = 16, 6
 	env := proxytest.New(t, proxy.Config{})
 	ctx := proxytest.Ctx(t)
-	f := &fence{kv: env.KV, counter: "mixed-counter"}
+	f := proxytest.NewFence(env.KV, "mixed-counter", 1)
 	var wg sync.WaitGroup
 	errc := make(chan error, workers)
 	for i := range workers {
@@ -221,7 +143,7 @@ func TestLock_mutualExclusionMixedWithConcurrencyMutex(t *testing.T) {
 				for range rounds {
 					resp, err := env.Lock.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("mixed"), Lease: lease})
 					if err == nil {
-						err = f.critical(ctx, string(resp.Key))
+						err = f.Critical(ctx, string(resp.Key))
 					}
 					if err == nil {
 						_, err = env.Lock.Unlock(ctx, &v3lockpb.UnlockRequest{Key: resp.Key})
@@ -242,7 +164,7 @@ func TestLock_mutualExclusionMixedWithConcurrencyMutex(t *testing.T) {
 		wg.Go(func() {
 			m := concurrency.NewMutex(sess, "mixed")
 			for range rounds {
-				if err := f.mutexRound(ctx, m); err != nil {
+				if err := f.MutexRound(ctx, m); err != nil {
 					errc <- err
 					return
 				}
@@ -254,7 +176,7 @@ func TestLock_mutualExclusionMixedWithConcurrencyMutex(t *testing.T) {
 	for err := range errc {
 		t.Fatal(err)
 	}
-	f.check(t, workers*rounds)
+	f.Check(t, workers*rounds)
 }
 
 func TestLock_cancelledWaitersLeaveNoKeys(t *testing.T) {

@@ -24,7 +24,7 @@ func TestLock_waitersShareOneWatchAndLeaveNothingBehind(t *testing.T) {
 	const proxyWaiters, mutexWaiters = 32, 4
 	env := proxytest.New(t, proxy.Config{QueueLinger: 100 * time.Millisecond})
 	ctx := proxytest.Ctx(t)
-	f := &fence{kv: env.KV, counter: "shared-counter"}
+	f := proxytest.NewFence(env.KV, "shared-counter", 1)
 
 	holderLease := env.Grant(t, 60)
 	holderSess, err := concurrency.NewSession(env.KV, concurrency.WithLease(clientv3.LeaseID(holderLease)))
@@ -59,7 +59,7 @@ func TestLock_waitersShareOneWatchAndLeaveNothingBehind(t *testing.T) {
 				return
 			}
 			if err == nil {
-				err = f.critical(ctx, string(resp.Key))
+				err = f.Critical(ctx, string(resp.Key))
 			}
 			if err == nil {
 				_, err = env.Lock.Unlock(ctx, &v3lockpb.UnlockRequest{Key: resp.Key})
@@ -84,7 +84,7 @@ func TestLock_waitersShareOneWatchAndLeaveNothingBehind(t *testing.T) {
 		sessions = append(sessions, s)
 		wg.Go(func() {
 			m := concurrency.NewMutex(s, "shared")
-			if err := f.mutexRound(ctx, m); err != nil {
+			if err := f.MutexRound(ctx, m); err != nil {
 				errc <- err
 			}
 		})
@@ -102,7 +102,7 @@ func TestLock_waitersShareOneWatchAndLeaveNothingBehind(t *testing.T) {
 	for err := range errc {
 		t.Error(err)
 	}
-	f.check(t, proxyWaiters-proxyWaiters/4+mutexWaiters)
+	f.Check(t, proxyWaiters-proxyWaiters/4+mutexWaiters)
 	if kvs := env.Keys(t, "shared/"); len(kvs) != 0 {
 		t.Fatalf("%d keys left under shared/", len(kvs))
 	}

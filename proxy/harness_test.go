@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/coordproxy/coordproxy/grant"
+	"github.com/coordproxy/coordproxy/proxy/proxytest"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -238,38 +239,36 @@ func (r *run) waitKeys(name string, n int) {
 type pending struct {
 	r    *run
 	step string
-	done chan struct{}
+	call *proxytest.Call
 	m    proto.Message
-	err  error
 }
 
 func (r *run) async(step string, call func(ctx context.Context) (proto.Message, error)) *pending {
-	p := &pending{r: r, step: step, done: make(chan struct{})}
-	go func() {
-		defer close(p.done)
-		p.m, p.err = call(r.ctx)
-	}()
+	p := &pending{r: r, step: step}
+	p.call = proxytest.Go(func() (err error) {
+		p.m, err = call(r.ctx)
+		return err
+	})
 	return p
 }
 
 // still records whether the call is still running: a waiter must be.
 func (p *pending) still() {
-	select {
-	case <-p.done:
+	if p.call.Returned() {
 		p.r.record("%s: returned early", p.step)
-	default:
+	} else {
 		p.r.record("%s: waiting", p.step)
 	}
 }
 
 func (p *pending) wait() (proto.Message, error) {
 	select {
-	case <-p.done:
+	case <-p.call.Done():
 	case <-time.After(waitBound):
 		p.r.t.Fatalf("%s: %s did not return", p.r.tag, p.step)
 	}
-	p.r.outcome(p.step, p.m, p.err)
-	return p.m, p.err
+	p.r.outcome(p.step, p.m, p.call.Err())
+	return p.m, p.call.Err()
 }
 
 // observer is an Observe stream.

@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -15,7 +18,6 @@ import (
 	"github.com/coordproxy/coordproxy/queue"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	etcdproxy "go.etcd.io/etcd/pkg/v3/proxy"
 )
 
 // The queue is tested on its own over a real etcd, without a proxy: keys
@@ -201,17 +203,12 @@ func TestQueue_resyncsAfterMissedCompactedRevisions(t *testing.T) {
 	etcd := proxytest.StartEtcd(t)
 	c := proxytest.Client(t, etcd.URL)
 	ctx := proxytest.Ctx(t)
-	// The queue reaches etcd through a TCP proxy that the test closes and
-	// opens again on the same address, so that the watch breaks and cannot
-	// come back until the revisions it missed are compacted.
-	from := proxytest.FreeAddr(t)
-	openProxy := func() etcdproxy.Server { return proxytest.FaultProxyAt(t, from, etcd.URL) }
-	tcp := openProxy()
-	// Closed after the queue's client (cleanups run last first): a TCP
-	// proxy's Close waits for its connections to end.
-	t.Cleanup(func() { tcp.Close() })
+	// The queue reaches etcd through a TCP relay that the test cuts, so
+	// that the watch breaks and cannot come back until the revisions it
+	// missed are compacted.
+	relay := newCutRelay(t, etcd.URL)
 	var logs proxytest.LockedBuffer
-	r := registry(t, "http://"+from, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	r := registry(t, "http://"+relay.addr, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 
 	holder := put(t, c, "r/holder")
 	waiterRev := put(t, c, "r/waiter")
@@ -229,7 +226,7 @@ func TestQueue_resyncsAfterMissedCompactedRevisions(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	tcp.Close()
+	relay.cut()
 	del(t, c, "r/holder")
 	newLeader := put(t, c, "r/aaa-later") // sorts first by name, not by revision
 	resp, err := c.Put(ctx, "unrelated", "")
@@ -239,7 +236,7 @@ func TestQueue_resyncsAfterMissedCompactedRevisions(t *testing.T) {
 	if _, err := c.Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
 		t.Fatal(err)
 	}
-	tcp = openProxy()
+	relay.resume()
 
 	if err := w.Wait(t); err != nil {
 		t.Fatalf("waiter after the resync: %v", err)
@@ -268,4 +265,81 @@ func TestQueue_resyncsAfterMissedCompactedRevisions(t *testing.T) {
 	if err := w.Wait(t); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// cutRelay copies TCP connections to etcd until cut, which closes every one
+// of them and refuses new ones until resume.
+type cutRelay struct {
+	addr string
+	to   string
+
+	mu    sync.Mutex
+	cuts  bool
+	conns map[net.Conn]struct{}
+}
+
+func newCutRelay(t *testing.T, etcdURL string) *cutRelay {
+	t.Helper()
+	u, err := url.Parse(etcdURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &cutRelay{addr: l.Addr().String(), to: u.Host, conns: map[net.Conn]struct{}{}}
+	t.Cleanup(func() {
+		l.Close()
+		r.cut()
+	})
+	go func() {
+		for {
+			in, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go r.serve(in)
+		}
+	}()
+	return r
+}
+
+func (r *cutRelay) serve(in net.Conn) {
+	out, err := net.Dial("tcp", r.to)
+	if err != nil {
+		in.Close()
+		return
+	}
+	r.mu.Lock()
+	if r.cuts {
+		r.mu.Unlock()
+		in.Close()
+		out.Close()
+		return
+	}
+	r.conns[in], r.conns[out] = struct{}{}, struct{}{}
+	r.mu.Unlock()
+	go func() {
+		io.Copy(out, in)
+		out.Close()
+	}()
+	io.Copy(in, out)
+	in.Close()
+}
+
+func (r *cutRelay) cut() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.cuts = true
+	for c := range r.conns {
+		c.Close()
+		delete(r.conns, c)
+	}
+}
+
+func (r *cutRelay) resume() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.cuts = false
 }

@@ -4,10 +4,8 @@ import (
 	"context"
 	"fmt"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -41,81 +39,6 @@ func mustRelease(t *testing.T, env *proxytest.Env, key []byte) {
 	}
 }
 
-// occupancy counts a semaphore's holders twice: in the process, and in an
-// etcd counter that only a holder whose key still exists with its fencing
-// token may change (a compare on the key's create revision and on the
-// counter's mod revision). Either count above the limit is an overlap.
-type occupancy struct {
-	kv      *clientv3.Client
-	counter string
-	limit   int64
-
-	inside, most      atomic.Int64
-	over, lost, enter atomic.Int64
-}
-
-func (o *occupancy) in(ctx context.Context, key string, token int64) error {
-	n := o.inside.Add(1)
-	for m := o.most.Load(); n > m && !o.most.CompareAndSwap(m, n); m = o.most.Load() {
-	}
-	if n > o.limit {
-		o.over.Add(1)
-	}
-	o.enter.Add(1)
-	return o.add(ctx, key, token, 1)
-}
-
-func (o *occupancy) out(ctx context.Context, key string, token int64) error {
-	err := o.add(ctx, key, token, -1)
-	o.inside.Add(-1)
-	return err
-}
-
-// add changes the etcd counter by d, fenced by key's create revision.
-func (o *occupancy) add(ctx context.Context, key string, token int64, d int64) error {
-	for {
-		cr, err := o.kv.Get(ctx, o.counter)
-		if err != nil {
-			return err
-		}
-		n, mod := int64(0), int64(0)
-		if len(cr.Kvs) > 0 {
-			n, _ = strconv.ParseInt(string(cr.Kvs[0].Value), 10, 64)
-			mod = cr.Kvs[0].ModRevision
-		}
-		if n+d > o.limit {
-			o.over.Add(1)
-		}
-		resp, err := o.kv.Txn(ctx).
-			If(clientv3.Compare(clientv3.CreateRevision(key), "=", token),
-				clientv3.Compare(clientv3.ModRevision(o.counter), "=", mod)).
-			Then(clientv3.OpPut(o.counter, strconv.FormatInt(n+d, 10))).
-			Else(clientv3.OpGet(key)).
-			Commit()
-		if err != nil {
-			return err
-		}
-		if resp.Succeeded {
-			return nil
-		}
-		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 0 || kvs[0].CreateRevision != token {
-			o.lost.Add(1) // no longer a holder while inside
-			return nil
-		}
-		// Another holder changed the counter first: read it again.
-	}
-}
-
-func (o *occupancy) check(t *testing.T, want int64) {
-	t.Helper()
-	if o.over.Load() != 0 || o.lost.Load() != 0 {
-		t.Fatalf("more than %d holders %d times; fenced writes by a holder whose key was gone: %d", o.limit, o.over.Load(), o.lost.Load())
-	}
-	if o.enter.Load() != want || o.inside.Load() != 0 {
-		t.Fatalf("%d grants, want %d; %d still inside", o.enter.Load(), want, o.inside.Load())
-	}
-}
-
 // Sixteen clients, a limit of three, rounds of Acquire/fenced work/Release:
 // never more than three hold, everyone is served, the waiters share one etcd
 // watch, and afterwards no key, watch or goroutine is left.
@@ -123,7 +46,7 @@ func TestSemaphore_neverMoreThanLimitHoldAndAllAreServed(t *testing.T) {
 	const clients, rounds, limit = 16, 4, 3
 	env := proxytest.New(t, proxy.Config{QueueLinger: 100 * time.Millisecond})
 	ctx := proxytest.Ctx(t)
-	o := &occupancy{kv: env.KV, counter: "sem-occupancy", limit: limit}
+	o := proxytest.NewFence(env.KV, "sem-occupancy", limit)
 
 	leases := make([]int64, clients+limit)
 	for i := range leases {
@@ -144,10 +67,10 @@ func TestSemaphore_neverMoreThanLimitHoldAndAllAreServed(t *testing.T) {
 			for range rounds {
 				h, err := semAcquire(ctx, env, "sem", lease, limit)
 				if err == nil {
-					err = o.in(ctx, string(h.Key), h.FencingToken)
+					err = o.Enter(ctx, string(h.Key), h.FencingToken)
 				}
 				if err == nil {
-					err = o.out(ctx, string(h.Key), h.FencingToken)
+					err = o.Leave(ctx, string(h.Key), h.FencingToken)
 				}
 				if err == nil {
 					_, err = env.Semaphores.Release(ctx, &coordproxyv1.ReleaseRequest{Key: h.Key})
@@ -172,7 +95,7 @@ func TestSemaphore_neverMoreThanLimitHoldAndAllAreServed(t *testing.T) {
 	for err := range errc {
 		t.Fatal(err)
 	}
-	o.check(t, clients*rounds)
+	o.Check(t, clients*rounds)
 	if kvs := env.Keys(t, "sem/"); len(kvs) != 0 {
 		t.Fatalf("%d keys left under sem/", len(kvs))
 	}

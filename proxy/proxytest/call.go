@@ -51,3 +51,6 @@ func EtcdWatchers(t testing.TB) float64 {
 
 // Err is the call's error, once it has returned.
 func (c *Call) Err() error { return c.err }
+
+// Done is closed when the call returns.
+func (c *Call) Done() <-chan struct{} { return c.done }

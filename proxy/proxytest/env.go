@@ -196,17 +196,6 @@ func gathered(t testing.TB, g prometheus.Gatherer, name string, labels map[strin
 func FaultProxy(t testing.TB, toURL string) (etcdproxy.Server, string) {
 	t.Helper()
 	from := FreeAddr(t)
-	p := FaultProxyAt(t, from, toURL)
-	t.Cleanup(func() { p.Close() })
-	return p, "http://" + from
-}
-
-// FaultProxyAt is FaultProxy listening on from (host:port), for a test that
-// closes it and opens another on the same address; the caller closes it.
-// Its Close waits for its connections to end, so close the clients that use
-// it first.
-func FaultProxyAt(t testing.TB, from, toURL string) etcdproxy.Server {
-	t.Helper()
 	to, err := url.Parse(toURL)
 	if err != nil {
 		t.Fatal(err)
@@ -229,7 +218,10 @@ func FaultProxyAt(t testing.TB, from, toURL string) etcdproxy.Server {
 			}
 		}
 	}()
-	return p
+	// Its Close waits for its connections to end: registered before the
+	// clients that use it, it runs after they are closed.
+	t.Cleanup(func() { p.Close() })
+	return p, "http://" + from
 }
 
 // WaitCutOff waits until a request through cli goes unanswered. A paused

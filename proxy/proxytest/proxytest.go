@@ -41,7 +41,8 @@ func StartEtcd(t testing.TB) *proxy.EmbeddedEtcd {
 }
 
 // StartProxy starts a coordproxy in front of endpoints, listening on
-// 127.0.0.1:0; fields of cfg left zero take test defaults.
+// 127.0.0.1:0 and logging as Logger says; other fields of cfg left zero take
+// proxy.DefaultConfig's.
 func StartProxy(t testing.TB, endpoints []string, cfg proxy.Config) *proxy.Server {
 	t.Helper()
 	cfg.Endpoints = endpoints
@@ -50,9 +51,6 @@ func StartProxy(t testing.TB, endpoints []string, cfg proxy.Config) *proxy.Serve
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = Logger()
-	}
-	if cfg.RequestTimeout == 0 {
-		cfg.RequestTimeout = 5 * time.Second
 	}
 	s := proxy.New(cfg)
 	if err := s.Start(context.Background()); err != nil {
