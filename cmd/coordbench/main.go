@@ -24,6 +24,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
@@ -56,6 +58,13 @@ var scenarios = []scenario{
 			names = append(names, fmt.Sprintf("p%d", i))
 		}
 		return lockScenario(ctx, b, t, title, 16, names)
+	}},
+	{id: "parallel64", title: "Lock+Unlock, 64 clients, 64 names", run: func(ctx context.Context, b *bench, t target, title string) (result, error) {
+		var names []string
+		for i := range 64 {
+			names = append(names, fmt.Sprintf("q%d", i))
+		}
+		return lockScenario(ctx, b, t, title, 64, names)
 	}},
 	{id: "contended2", title: "Lock+Unlock, 2 clients, 1 name", run: func(ctx context.Context, b *bench, t target, title string) (result, error) {
 		return lockScenario(ctx, b, t, title, 2, []string{"c2"})
@@ -144,6 +153,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		proxyEnv = append(proxyEnv, v)
 		return nil
 	})
+	pin := fs.Bool("pin", false, "the sidecar layout: etcd on CPU 0, coordbench and the proxy on the other CPUs (needs at least 2)")
 	dataDir := fs.String("data-dir", "", "data directory of the etcd coordbench starts, DIR.observe and DIR.waiters those of the etcds it starts afresh for those scenarios (default: a temp dir in /dev/shm if there is one, so that the disk stays out of the figures)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -160,6 +170,23 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if len(chosen) == 0 {
 		fmt.Fprintf(stderr, "coordbench: no scenario matches %q; choose from %s\n", *only, scenarioIDs())
 		return 2
+	}
+	var etcdCPUs []int
+	if *pin {
+		var rest []int
+		var was unix.CPUSet
+		err := unix.SchedGetaffinity(0, &was)
+		if err == nil {
+			etcdCPUs, rest, err = pinLayout()
+		}
+		if err == nil {
+			err = pinSelf(rest)
+			defer restoreAffinity(was)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "coordbench: %v\n", err)
+			return 2
+		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -193,6 +220,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 				return fmt.Errorf("etcd: %w", err)
 			}
 			b.etcd, b.etcdURL = c, c.addr
+			if etcdCPUs != nil {
+				if err := pinPid(c.cmd.Process.Pid, etcdCPUs); err != nil {
+					return err
+				}
+			}
 			fmt.Fprintf(stderr, "etcd %s (data %s)\n", c.addr, dir)
 		}
 		profile := *cpuprofile
@@ -248,11 +280,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 			order = []target{proxied, native}
 		}
 		for _, t := range order {
+			before := b.costNow(ctx)
 			r, err := s.run(ctx, b, t, title)
 			if err != nil {
 				fmt.Fprintf(stderr, "coordbench: %s on %s: %v\n", title, t.name, err)
 				return 1
 			}
+			addCost(&r, before, b.costNow(ctx))
 			results = append(results, r)
 		}
 		if ctx.Err() != nil {
@@ -260,6 +294,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	printTable(stdout, results)
+	fmt.Fprintln(stdout)
+	printCostTable(stdout, results)
 	if *jsonOut != "" {
 		out, _ := json.MarshalIndent(results, "", "  ")
 		if err := os.WriteFile(*jsonOut, append(out, '\n'), 0o644); err != nil {
@@ -340,5 +376,28 @@ func show(v any) string {
 		return fmt.Sprintf("%.4g", x)
 	default:
 		return fmt.Sprint(x)
+	}
+}
+
+// printCostTable prints what each scenario cost per op, native / proxy.
+func printCostTable(w io.Writer, results []result) {
+	fmt.Fprintln(w, "| scenario | etcd CPU µs/op etcd / coordproxy | coordproxy CPU µs/op | etcd requests/op etcd / coordproxy | etcd watch msgs/op etcd / coordproxy |")
+	fmt.Fprintln(w, "|---|---|---|---|---|")
+	by := map[string]map[string]result{}
+	var order []string
+	for _, r := range results {
+		if by[r.Scenario] == nil {
+			by[r.Scenario] = map[string]result{}
+			order = append(order, r.Scenario)
+		}
+		by[r.Scenario][r.Target] = r
+	}
+	pair := func(n, p result, k string) string {
+		return show(n.Extra[k]) + " / " + show(p.Extra[k])
+	}
+	for _, s := range order {
+		n, p := by[s]["etcd"], by[s]["coordproxy"]
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", s, pair(n, p, "etcd_cpu_us_per_op"), show(p.Extra["proxy_cpu_us_per_op"]),
+			pair(n, p, "etcd_requests_per_op"), pair(n, p, "etcd_watch_msgs_per_op"))
 	}
 }

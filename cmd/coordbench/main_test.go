@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -55,7 +56,27 @@ func TestCoordbench_runsEveryScenarioAgainstBoth(t *testing.T) {
 		if r.P50MS > r.P99MS || r.P99MS > r.MaxMS || r.MaxMS > 10*60*1000 {
 			t.Errorf("%s on %s: p50 %v ms, p99 %v ms, max %v ms", r.Scenario, r.Target, r.P50MS, r.P99MS, r.MaxMS)
 		}
+		// Cost is measured on both sides: etcd's CPU and requests per op,
+		// the proxy's CPU on its own side.
+		for _, k := range []string{"etcd_cpu_us_per_op", "etcd_requests_per_op", "etcd_watch_msgs_per_op"} {
+			if _, ok := r.Extra[k]; !ok {
+				t.Errorf("%s on %s: no %s (%v)", r.Scenario, r.Target, k, r.Extra)
+			}
+		}
+		if _, ok := r.Extra["proxy_cpu_us_per_op"]; ok != (r.Target == "coordproxy") {
+			t.Errorf("%s on %s: proxy CPU reported %v", r.Scenario, r.Target, ok)
+		}
 		if r.Target != "coordproxy" {
+			// etcd's own Lock+Unlock is two requests (Lock, Unlock) and no
+			// watch message: the counts must say so, whatever the speed.
+			if r.Scenario == "Lock+Unlock, 1 client" {
+				if n := r.Extra["etcd_requests_per_op"].(float64); n < 2 || n > 2.5 {
+					t.Errorf("native Lock+Unlock: %v etcd requests per op, want 2 (and a little setup)", n)
+				}
+				if n := r.Extra["etcd_watch_msgs_per_op"].(float64); n > 0.1 {
+					t.Errorf("native Lock+Unlock: %v watch messages per op, want 0", n)
+				}
+			}
 			continue
 		}
 		if r.Errors != 0 {
@@ -74,5 +95,23 @@ func TestCoordbench_runsEveryScenarioAgainstBoth(t *testing.T) {
 	}
 	if rows := strings.Count(stdout.String(), "\n| "); rows < len(scenarios) {
 		t.Errorf("table has %d rows:\n%s", rows, stdout.String())
+	}
+}
+
+// -pin puts etcd on CPU 0 and the rest on the others; it needs 2 CPUs.
+func TestCoordbench_pin(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"-pin", "-scenarios", "uncontended", "-duration", "200ms", "-data-dir", filepath.Join(t.TempDir(), "etcd")}, &stdout, &stderr)
+	if runtime.NumCPU() < 2 {
+		if code != 2 || !strings.Contains(stderr.String(), "-pin needs at least 2 CPUs") {
+			t.Fatalf("exit %d on one CPU: %s", code, stderr.String())
+		}
+		return
+	}
+	if code != 0 {
+		t.Fatalf("exit %d\n%s", code, stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "| Lock+Unlock, 1 client |") {
+		t.Fatalf("no result:\n%s", stdout.String())
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"runtime/pprof"
@@ -14,8 +13,6 @@ import (
 	"time"
 
 	"github.com/coordproxy/coordproxy/proxy"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"github.com/prometheus/procfs"
 )
 
@@ -165,38 +162,4 @@ func (c *child) rss() (int64, error) {
 		return 0, err
 	}
 	return int64(st.ResidentMemory()), nil
-}
-
-// etcdMetric reads one gauge or counter from etcd's /metrics.
-func etcdMetric(ctx context.Context, etcdURL, name string) (float64, error) {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(etcdURL, "/")+"/metrics", nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		return 0, err
-	}
-	f, ok := fams[name]
-	if !ok || len(f.Metric) == 0 {
-		return 0, fmt.Errorf("etcd has no metric %s", name)
-	}
-	var sum float64
-	for _, m := range f.Metric {
-		switch {
-		case m.Gauge != nil:
-			sum += m.Gauge.GetValue()
-		case m.Counter != nil:
-			sum += m.Counter.GetValue()
-		}
-	}
-	return sum, nil
 }
