@@ -49,7 +49,7 @@ func (s *Server) enqueue(ctx context.Context, name, key, val string, lease clien
 	if err != nil {
 		return grant.Claim{}, err
 	}
-	c := grant.Claim{Service: grant.ServiceElection, Name: name, Key: key, Rev: resp.Header.Revision,
+	c := grant.Claim{Service: grant.ServiceElection, Name: name, Key: key, Rev: resp.Header.Revision, Lease: lease,
 		Header: resp.Header, Created: resp.Succeeded}
 	if !resp.Succeeded {
 		// Campaigning again with the same lease: keep the candidacy, update

@@ -24,5 +24,8 @@ func (s *Server) Resign(ctx context.Context, req *epb.ResignRequest) (*epb.Resig
 	if err != nil {
 		return nil, err
 	}
+	if resp.Succeeded {
+		s.g.Released(key, lk.Rev)
+	}
 	return &epb.ResignResponse{Header: resp.Header}, nil
 }

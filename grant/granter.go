@@ -24,8 +24,12 @@ type Options struct {
 	// ObserveBuffer bounds how far one observer may lag (0:
 	// DefaultObserveBuffer).
 	ObserveBuffer int
-	Logger        *slog.Logger
-	Metrics       *Metrics
+	// HoldCheck is how often the keys counted as held are read to learn of
+	// the ones released elsewhere or lost with their lease (0:
+	// DefaultHoldCheck).
+	HoldCheck time.Duration
+	Logger    *slog.Logger
+	Metrics   *Metrics
 }
 
 // Granter is what every primitive shares between the transaction that puts
@@ -40,12 +44,10 @@ type Granter struct {
 	log           *slog.Logger
 	metrics       *Metrics
 	cleaner       *cleaner
-
-	holds sync.WaitGroup // the goroutines of hold
+	holds         *holds
 
 	mu         sync.Mutex
 	lease0Seen map[string]struct{}
-	held       map[heldKey]struct{}
 }
 
 // New returns a Granter over etcd.
@@ -66,8 +68,8 @@ func New(etcd *etcdio.Etcd, opts Options) *Granter {
 		log:           opts.Logger,
 		metrics:       opts.Metrics,
 		cleaner:       newCleaner(etcd, opts.Logger, opts.Metrics),
+		holds:         newHolds(etcd, opts.Metrics.Holders, opts.HoldCheck),
 		lease0Seen:    map[string]struct{}{},
-		held:          map[heldKey]struct{}{},
 	}
 }
 
@@ -79,11 +81,7 @@ func (g *Granter) Etcd() *etcdio.Etcd { return g.etcd }
 // ctx is done, and stops the queues' watches.
 func (g *Granter) Close(ctx context.Context) {
 	g.etcd.Stop()
-	// A hold that has not yet seen the stop has added to holds by the time
-	// it lets go of mu; later ones add nothing.
-	g.mu.Lock()
-	g.mu.Unlock()
-	g.holds.Wait()
+	g.holds.wg.Wait()
 	g.cleaner.wait(ctx)
 	g.queues.Close()
 }

@@ -40,9 +40,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Holders: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: "coordproxy",
 			Name:      "holders",
-			Help: "Locks (service=lock), leaderships (service=election), semaphore slots (service=semaphore) and read/write locks (service=rwlock) this proxy granted whose key its watch of the name has not yet seen deleted " +
-				"(by Unlock, Release or Resign through any proxy, or by lease expiry or revocation); the proxy keeps that watch while it counts a holder. " +
-				"Grants through other proxies or straight from etcd are not counted.",
+			Help: "Locks (service=lock), leaderships (service=election), semaphore slots (service=semaphore) and read/write locks (service=rwlock) this proxy granted and has not yet learned are gone: " +
+				"at once for Unlock, Release, Resign or LeaseRevoke through this proxy, at the next check of the held keys (every 10 s by default) for releases elsewhere and expired leases. " +
+				"The proxy keeps no etcd watch for them. Grants through other proxies or straight from etcd are not counted.",
 		}, []string{"service"}),
 	}
 	for _, svc := range []string{ServiceLock, ServiceElection, ServiceSemaphore, ServiceRWLock} {

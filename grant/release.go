@@ -22,5 +22,6 @@ func (g *Granter) Release(ctx context.Context, key string, leased clientv3.Cmp, 
 	if !resp.Succeeded && len(resp.Responses[0].GetResponseRange().Kvs) > 0 {
 		return nil, notOurs
 	}
+	g.Released(key, 0)
 	return resp.Header, nil
 }

@@ -18,6 +18,7 @@ type Claim struct {
 	Name    string // whose queue, Prefix(Name), holds Key
 	Key     string
 	Rev     int64              // Key's create revision: the fencing token
+	Lease   clientv3.LeaseID   // Key's lease
 	Header  *pb.ResponseHeader // of the transaction that put or found Key
 	Created bool               // this call's transaction created Key
 	// Free: the transaction saw Key's turn already come, so there is
@@ -64,7 +65,7 @@ func (g *Granter) Take(ctx context.Context, c Claim) (Grant, error) {
 		g.Abandon(c.Key, c.Rev) // the client left while we took it for it
 		return Grant{}, ctx.Err()
 	}
-	g.hold(c.Service, c.Name, c.Key, c.Rev)
+	g.holds.add(c.Service, c.Key, c.Rev, c.Lease)
 	return Grant{Header: hdr, Key: c.Key, Rev: c.Rev}, nil
 }
 

@@ -71,7 +71,7 @@ func (l *locks) enqueue(ctx context.Context, name, key string, lease clientv3.Le
 	if err != nil {
 		return grant.Claim{}, err
 	}
-	c := grant.Claim{Service: grant.ServiceLock, Name: name, Key: key, Rev: resp.Header.Revision,
+	c := grant.Claim{Service: grant.ServiceLock, Name: name, Key: key, Rev: resp.Header.Revision, Lease: lease,
 		Header: resp.Header, Created: resp.Succeeded}
 	if !resp.Succeeded {
 		c.Rev = resp.Responses[0].GetResponseRange().Kvs[0].CreateRevision

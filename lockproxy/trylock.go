@@ -51,7 +51,7 @@ func (l *Locks) TryLock(ctx context.Context, req *coordproxyv1.LockRequest) (*co
 		}
 		return nil, st.Err()
 	}
-	g, err := l.g.Take(ctx, grant.Claim{Service: grant.ServiceLock, Name: name, Key: key,
+	g, err := l.g.Take(ctx, grant.Claim{Service: grant.ServiceLock, Name: name, Key: key, Lease: lease,
 		Rev: owner[0].CreateRevision, Header: resp.Header, Created: resp.Succeeded, Free: true})
 	if err != nil {
 		return nil, err

@@ -13,19 +13,28 @@ import (
 // locks and campaigns with. Requests, responses and errors are etcd's own.
 type Lease struct {
 	pb.UnsafeLeaseServer
-	ns   string
-	etcd *etcdio.Etcd
+	ns      string
+	etcd    *etcdio.Etcd
+	revoked func(lease int64)
 }
 
-// NewLease returns the Lease pass-through; ns is the proxy's namespace.
-func NewLease(etcd *etcdio.Etcd, ns string) *Lease { return &Lease{ns: ns, etcd: etcd} }
+// NewLease returns the Lease pass-through; ns is the proxy's namespace, and
+// revoked, if not nil, is told of every lease revoked through it (the keys
+// on it are gone: see grant.Granter.LeaseRevoked).
+func NewLease(etcd *etcdio.Etcd, ns string, revoked func(lease int64)) *Lease {
+	return &Lease{ns: ns, etcd: etcd, revoked: revoked}
+}
 
 func (l *Lease) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
 	return l.lc(ctx).LeaseGrant(ctx, r)
 }
 
 func (l *Lease) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
-	return l.lc(ctx).LeaseRevoke(ctx, r)
+	resp, err := l.lc(ctx).LeaseRevoke(ctx, r)
+	if err == nil && l.revoked != nil {
+		l.revoked(r.ID)
+	}
+	return resp, err
 }
 
 // LeaseTimeToLive lists, under a namespace, only the lease's keys inside it,

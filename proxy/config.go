@@ -51,6 +51,11 @@ type Config struct {
 	// QueueLinger keeps a name's etcd watch this long after its last waiter
 	// or observer left, so that alternating callers share it.
 	QueueLinger time.Duration
+	// HoldCheck is how often the keys this proxy granted and counts in
+	// coordproxy_holders are read, to learn of the ones released through
+	// another proxy or straight at etcd, or lost with their lease; releases
+	// and lease revocations through this proxy count at once.
+	HoldCheck time.Duration
 	// Namespace, when set, is a key prefix ending in "/" under which every
 	// key the proxy touches lives: locks, elections, KV and watches. Keys
 	// in responses come back without it; nothing outside it can be read,
@@ -91,6 +96,7 @@ func DefaultConfig() Config {
 		MaxEtcdRequests: etcdio.DefaultMaxRequests,
 		ObserveBuffer:   grant.DefaultObserveBuffer,
 		QueueLinger:     queue.DefaultLinger,
+		HoldCheck:       grant.DefaultHoldCheck,
 	}
 }
 
@@ -112,6 +118,7 @@ func (c Config) withDefaults() Config {
 	for _, f := range []struct{ v, def *time.Duration }{
 		{&c.DialTimeout, &d.DialTimeout}, {&c.RequestTimeout, &d.RequestTimeout},
 		{&c.ShutdownTimeout, &d.ShutdownTimeout}, {&c.QueueLinger, &d.QueueLinger},
+		{&c.HoldCheck, &d.HoldCheck},
 	} {
 		if *f.v <= 0 {
 			*f.v = *f.def

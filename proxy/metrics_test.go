@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +10,7 @@ import (
 	"github.com/coordproxy/coordproxy/proxy/proxytest"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	epb "go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
 	"google.golang.org/grpc/status"
@@ -111,4 +113,61 @@ func TestMetrics_waitersAndHoldersFollowTheQueue(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitGauge("holders", "election", 0)
+}
+
+// Held locks cost etcd no watcher: the holders gauge learns of releases
+// through this proxy at once and of the others (straight at etcd, a lease
+// revoked there) at its next check of the held keys.
+func TestMetrics_holdersCostEtcdNoWatch(t *testing.T) {
+	env := proxytest.New(t, proxy.Config{HoldCheck: 50 * time.Millisecond})
+	ctx := proxytest.Ctx(t)
+	holders := func() float64 { return env.Metric(t, "coordproxy_holders", map[string]string{"service": "lock"}) }
+	watchers := proxytest.EtcdWatchers(t)
+
+	const names = 50
+	lease := env.Grant(t, 600)
+	var keys [][]byte
+	for i := range names {
+		keys = append(keys, env.MustLock(t, fmt.Sprintf("held/%d", i), lease).Key)
+	}
+	if h := holders(); h != names {
+		t.Fatalf("holders %v after %d Locks, want %d", h, names, names)
+	}
+	if w := proxytest.EtcdWatchers(t) - watchers; w != 0 {
+		t.Fatalf("%v etcd watchers for %d held locks nobody waits for, want 0", w, names)
+	}
+
+	// Through this proxy: at once.
+	env.MustUnlock(t, keys[0])
+	if h := holders(); h != names-1 {
+		t.Fatalf("holders %v right after an Unlock through the proxy, want %d", h, names-1)
+	}
+	// Straight at etcd: at the next check.
+	if _, err := env.KV.Delete(ctx, string(keys[1])); err != nil {
+		t.Fatal(err)
+	}
+	proxytest.WaitFor(t, 30*time.Second, func() (bool, string) {
+		h := holders()
+		return h == names-2, fmt.Sprintf("holders %v after a key was deleted at etcd, want %d", h, names-2)
+	})
+	// A lease revoked at etcd takes the rest.
+	if _, err := env.KV.Revoke(ctx, clientv3.LeaseID(lease)); err != nil {
+		t.Fatal(err)
+	}
+	proxytest.WaitFor(t, 30*time.Second, func() (bool, string) {
+		h := holders()
+		return h == 0, fmt.Sprintf("holders %v after their lease was revoked at etcd, want 0", h)
+	})
+	// A lease revoked through the proxy: at once.
+	l2 := env.Grant(t, 600)
+	env.MustLock(t, "held/again", l2)
+	if _, err := env.Lease.LeaseRevoke(ctx, &pb.LeaseRevokeRequest{ID: l2}); err != nil {
+		t.Fatal(err)
+	}
+	if h := holders(); h != 0 {
+		t.Fatalf("holders %v right after LeaseRevoke through the proxy, want 0", h)
+	}
+	if w := proxytest.EtcdWatchers(t) - watchers; w != 0 {
+		t.Fatalf("%v etcd watchers left, want 0", w)
+	}
 }

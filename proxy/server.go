@@ -169,6 +169,7 @@ func (s *Server) connectEtcd(ctx context.Context) (err error) {
 	s.granter = grant.New(s.access, grant.Options{
 		ObserveBuffer: s.cfg.ObserveBuffer,
 		QueueLinger:   s.cfg.QueueLinger,
+		HoldCheck:     s.cfg.HoldCheck,
 		Logger:        s.log,
 		Metrics:       grant.NewMetrics(s.cfg.Registry),
 	})
@@ -193,7 +194,7 @@ func (s *Server) newGRPC() error {
 	v3electionpb.RegisterElectionServer(s.grpc, electionproxy.New(g))
 	pb.RegisterKVServer(s.grpc, passthrough.NewKV(e))
 	pb.RegisterWatchServer(s.grpc, passthrough.NewWatch(e, ns))
-	pb.RegisterLeaseServer(s.grpc, passthrough.NewLease(e, ns))
+	pb.RegisterLeaseServer(s.grpc, passthrough.NewLease(e, ns, g.LeaseRevoked))
 	pb.RegisterMaintenanceServer(s.grpc, passthrough.NewMaintenance(e))
 	pb.RegisterAuthServer(s.grpc, passthrough.NewAuth(e))
 	coordproxyv1.RegisterLockServiceServer(s.grpc, lockproxy.NewLocks(g))

@@ -87,7 +87,7 @@ func (s *Service) enqueue(ctx context.Context, name, prefix string, lease client
 		if err != nil {
 			return grant.Claim{}, err
 		}
-		c := grant.Claim{Service: grant.ServiceRWLock, Name: name, Key: key, Header: resp.Header,
+		c := grant.Claim{Service: grant.ServiceRWLock, Name: name, Key: key, Lease: lease, Header: resp.Header,
 			Blockers: blockers, Allowed: 1}
 		if resp.Succeeded {
 			before := resp.Responses[1].GetResponseRange().Count

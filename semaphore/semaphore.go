@@ -74,7 +74,7 @@ func (s *Service) enqueue(ctx context.Context, name, key string, lease clientv3.
 	if err != nil {
 		return grant.Claim{}, err
 	}
-	c := grant.Claim{Service: grant.ServiceSemaphore, Name: name, Key: key, Rev: resp.Header.Revision,
+	c := grant.Claim{Service: grant.ServiceSemaphore, Name: name, Key: key, Rev: resp.Header.Revision, Lease: lease,
 		Header: resp.Header, Created: resp.Succeeded, Blockers: pfx, Allowed: limit}
 	var seen []*mvccpb.KeyValue
 	if !resp.Succeeded {

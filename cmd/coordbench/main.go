@@ -76,6 +76,7 @@ var scenarios = []scenario{
 	{id: "hop", title: "KV Put+Delete, 1 client (the hop alone)", run: hopScenario},
 	{id: "observe", title: "Observe fan-out", run: observeScenario, freshEtcd: true},
 	{id: "waiters", title: "blocked Lock waiters on 1 name", run: waitersScenario, proxyFirst: true, freshEtcd: true},
+	{id: "held", title: "distinct locks held by one lease", run: heldScenario, proxyFirst: true, freshEtcd: true},
 }
 
 // bench is one run.
@@ -83,6 +84,7 @@ type bench struct {
 	duration       time.Duration
 	observers      int
 	waiters        int
+	held           int
 	waitersTimeout time.Duration
 	heapProfile    string // where the waiters scenario saves the proxy's heap profile
 	etcdURL        string
@@ -138,6 +140,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	duration := fs.Duration("duration", 5*time.Second, "how long each timed scenario runs on each target")
 	observers := fs.Int("observers", 128, "Observe streams in the fan-out scenario")
 	waiters := fs.Int("waiters", 10000, "blocked Lock calls in the waiters scenario")
+	held := fs.Int("held", 10000, "distinct locks one lease holds in the held scenario")
 	waitersTimeout := fs.Duration("waiters-timeout", 90*time.Second, "bound for parking the waiters, per target")
 	only := fs.String("scenarios", "", "comma-separated scenario ids to run (default all): "+scenarioIDs())
 	jsonOut := fs.String("json", "", "also write the results as JSON to this file")
@@ -191,7 +194,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	b := &bench{duration: *duration, observers: *observers, waiters: *waiters, waitersTimeout: *waitersTimeout,
+	b := &bench{duration: *duration, observers: *observers, waiters: *waiters, held: *held, waitersTimeout: *waitersTimeout,
 		heapProfile: *heapprofile, progressOut: stderr, runID: fmt.Sprintf("%x", time.Now().UnixNano())}
 	ownEtcd := *endpoints == ""
 	if ownEtcd && *dataDir == "" {
@@ -274,6 +277,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			title = fmt.Sprintf("Observe fan-out, %d observers", b.observers)
 		case "waiters":
 			title = fmt.Sprintf("%d %s", b.waiters, s.title)
+		case "held":
+			title = fmt.Sprintf("%d %s", b.held, s.title)
 		}
 		order := []target{native, proxied}
 		if s.proxyFirst {
@@ -358,7 +363,7 @@ func latencies(r result) string {
 
 func notes(n, p result) string {
 	var parts []string
-	for _, k := range []string{"parked", "seconds_to_park", "etcd_watchers_added", "etcd_watchers_total", "etcd_rss_growth_mib", "proxy_rss_mib", "proxy_stack_mib", "proxy_heap_inuse_mib", "proxy_heap_idle_kept_mib", "proclaims_undelivered"} {
+	for _, k := range []string{"parked", "seconds_to_park", "etcd_watchers_added", "etcd_watchers_total", "etcd_rss_growth_mib", "proxy_rss_mib", "proxy_stack_mib", "proxy_heap_inuse_mib", "proxy_heap_idle_kept_mib", "proxy_rss_growth_mib", "proclaims_undelivered"} {
 		nv, nok := n.Extra[k]
 		pv, pok := p.Extra[k]
 		if nok || pok {

@@ -253,7 +253,7 @@ func TestConfig_defaultsAreProxyDefaults(t *testing.T) {
 			t.Errorf("--%s defaults to %v, proxy.DefaultConfig to %v", f.name, f.got, f.want)
 		}
 	}
-	if got.ObserveBuffer != 0 || got.QueueLinger != 0 {
-		t.Errorf("settings without a flag are set (%d, %s): they must come from proxy.DefaultConfig", got.ObserveBuffer, got.QueueLinger)
+	if got.ObserveBuffer != 0 || got.QueueLinger != 0 || got.HoldCheck != 0 {
+		t.Errorf("settings without a flag are set (%d, %s, %s): they must come from proxy.DefaultConfig", got.ObserveBuffer, got.QueueLinger, got.HoldCheck)
 	}
 }
