@@ -37,13 +37,20 @@ func (s *Server) Campaign(ctx context.Context, req *epb.CampaignRequest) (*epb.C
 }
 
 // enqueue is concurrency.Election.Campaign's transaction, run detached as
-// Lock's is, then its first read of the leader.
+// Lock's is, with its first read of the leader folded in: the oldest key
+// under the prefix, read in the same transaction. concurrency reads it
+// after the transaction (waitDeletes: is any key older than ours?); keys
+// are never created with an older revision, so what that later read finds
+// older was there at the transaction's revision too, and what the
+// transaction finds older and is gone by then is found gone by the queue at
+// once: the same decision, one request fewer.
 func (s *Server) enqueue(ctx context.Context, name, key, val string, lease clientv3.LeaseID) (grant.Claim, error) {
+	getLeader := clientv3.OpGet(grant.Prefix(name), clientv3.WithFirstCreate()...)
 	resp, err := s.etcd.SendCreate(ctx, func(ctx context.Context) (*clientv3.TxnResponse, error) {
 		return s.etcd.For(ctx).Txn(ctx).
 			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-			Then(clientv3.OpPut(key, val, clientv3.WithLease(lease))).
-			Else(clientv3.OpGet(key)).
+			Then(clientv3.OpPut(key, val, clientv3.WithLease(lease)), getLeader).
+			Else(clientv3.OpGet(key), getLeader).
 			Commit()
 	})
 	if err != nil {
@@ -72,16 +79,9 @@ func (s *Server) enqueue(ctx context.Context, name, key, val string, lease clien
 			}
 		}
 	}
-	// Leader at once if no older candidate exists, as concurrency's own
-	// first read finds; the read is linearizable and shows our key, so it is
-	// also the ownership check. Otherwise wait in the queue.
-	var first *clientv3.GetResponse
-	s.etcd.BeforeWait(ctx, func() { first, err = s.etcd.For(ctx).Get(ctx, grant.Prefix(name), clientv3.WithFirstCreate()...) })
-	if err != nil {
-		s.g.Abandon(key, c.Rev)
-		return grant.Claim{}, err
-	}
-	kvs := first.Kvs
-	c.Free = len(kvs) > 0 && string(kvs[0].Key) == key && kvs[0].CreateRevision == c.Rev
+	// Leader at once if no older candidate exists; the read shows our key,
+	// so it is also the ownership check. Otherwise wait in the queue.
+	leader := resp.Responses[1].GetResponseRange().Kvs
+	c.Free = len(leader) > 0 && string(leader[0].Key) == key && leader[0].CreateRevision == c.Rev
 	return c, nil
 }
