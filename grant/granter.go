@@ -97,6 +97,12 @@ func (g *Granter) CallErr(ctx context.Context, err error) error {
 	return etcdio.StopErr(ctx, err)
 }
 
+// Following reports whether this proxy follows name's queue with a synced
+// watch (waiters or observers of the name are here, or were a moment ago):
+// a transaction that puts a key there need not read who holds, the queue
+// will tell (see lockproxy's enqueue).
+func (g *Granter) Following(name string) bool { return g.queues.Following(Prefix(name)) }
+
 // Observe registers an observer of name's queue (its first key, in revision
 // order); stop unregisters it. The error is CallErr's.
 func (g *Granter) Observe(ctx context.Context, name string) (o *queue.Observer, stop func(), err error) {

@@ -116,3 +116,55 @@ func TestLock_waitersShareOneWatchAndLeaveNothingBehind(t *testing.T) {
 		return w <= 0 && g <= 2, fmt.Sprintf("%d etcd watchers and %d goroutines more than before the waiters", int(w), g)
 	})
 }
+
+// While the proxy follows a name's queue (others wait there), a Lock's
+// transaction does not range over the prefix to find the holder: the queue
+// tells. Parking n waiters then costs etcd O(n) ranges, not n ranges of up
+// to n keys each; and they are still granted in order.
+func TestLock_waitersOnAFollowedQueueDoNotRangeThePrefix(t *testing.T) {
+	const waiters = 50
+	env := proxytest.New(t, proxy.Config{HoldCheck: time.Hour})
+	ctx := proxytest.Ctx(t)
+	ranges := func() float64 { return proxytest.EtcdMetric(t, "etcd_mvcc_range_total") }
+	holder := env.MustLock(t, "followed", env.Grant(t, 600))
+
+	before := ranges()
+	calls := make([]*proxytest.Call, waiters)
+	keys := make([][]byte, waiters)
+	for i := range waiters {
+		lease := env.Grant(t, 600)
+		calls[i] = proxytest.Go(func() error {
+			resp, err := env.Lock.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("followed"), Lease: lease})
+			if err == nil {
+				keys[i] = resp.Key
+			}
+			return err
+		})
+		// Counted by the proxy's gauge, not read from etcd: reads of the
+		// test's own would count as ranges too.
+		proxytest.WaitFor(t, 30*time.Second, func() (bool, string) {
+			n := env.Metric(t, "coordproxy_waiters", map[string]string{"service": "lock"})
+			return n == float64(i+1), fmt.Sprintf("%v waiting, want %d", n, i+1)
+		})
+	}
+	// etcd counts a range for the transaction's compare (one key) and one
+	// for each read: a Lock that also read the holder ranged twice, over
+	// the whole prefix the second time; now only the first waiters (before
+	// the queue's first snapshot) and that snapshot do.
+	if n := ranges() - before; n > 1.5*waiters {
+		t.Fatalf("%v etcd ranges to park %d waiters, want about one each (the compare)", n, waiters)
+	}
+	env.MustUnlock(t, holder.Key)
+	for i, c := range calls {
+		if err := c.Wait(t); err != nil {
+			t.Fatalf("waiter %d: %v", i, err)
+		}
+		for j := i + 1; j < waiters; j++ {
+			if calls[j].Returned() {
+				t.Fatalf("waiter %d granted before waiter %d released", j, i)
+			}
+		}
+		env.MustUnlock(t, keys[i])
+	}
+	env.WaitKeys(t, "followed/", 0)
+}

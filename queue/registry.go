@@ -97,6 +97,21 @@ func (r *Registry) Leave(q *Queue) {
 	})
 }
 
+// Following reports whether the queue of prefix runs and has loaded its
+// view: it then follows every change under the prefix from a synced watch,
+// and a key put now will be seen in its place.
+func (r *Registry) Following(prefix string) bool {
+	r.mu.Lock()
+	q := r.queues[prefix]
+	r.mu.Unlock()
+	if q == nil {
+		return false
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.loaded && !q.stopped
+}
+
 // Close stops every watch. Waiters and observers still there get
 // ErrStopped.
 func (r *Registry) Close() {
