@@ -3,6 +3,7 @@ package electionproxy
 import (
 	"context"
 
+	"github.com/coordproxy/coordproxy/etcdio"
 	"github.com/coordproxy/coordproxy/grant"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	epb "go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
@@ -46,12 +47,11 @@ func (s *Server) Campaign(ctx context.Context, req *epb.CampaignRequest) (*epb.C
 // once: the same decision, one request fewer.
 func (s *Server) enqueue(ctx context.Context, name, key, val string, lease clientv3.LeaseID) (grant.Claim, error) {
 	getLeader := clientv3.OpGet(grant.Prefix(name), clientv3.WithFirstCreate()...)
-	resp, err := s.etcd.SendCreate(ctx, func(ctx context.Context) (*clientv3.TxnResponse, error) {
-		return s.etcd.For(ctx).Txn(ctx).
-			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-			Then(clientv3.OpPut(key, val, clientv3.WithLease(lease)), getLeader).
-			Else(clientv3.OpGet(key), getLeader).
-			Commit()
+	resp, err := s.etcd.SendCreate(ctx, etcdio.Txn{
+		If:     []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0)},
+		Then:   []clientv3.Op{clientv3.OpPut(key, val, clientv3.WithLease(lease)), getLeader},
+		Else:   []clientv3.Op{clientv3.OpGet(key), getLeader},
+		Prefix: grant.Prefix(name),
 	})
 	if err != nil {
 		return grant.Claim{}, err

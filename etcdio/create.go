@@ -11,7 +11,8 @@ import (
 
 // SendCreate sends a transaction that creates a waiter key, of the shape
 // If(CreateRevision(key) = 0) Then(Put key …) Else(Get key …), on a context
-// from Detached(ctx), from one of the workers. When etcd's answer leaves the
+// from Detached(ctx), from one of the workers, batched with others
+// (SendTxn). When etcd's answer leaves the
 // outcome unknown (the request timed out inside etcd, or its leader
 // changed), the same transaction is sent again until etcd answers or the
 // Detached context ends (for a caller without a deadline: for up to the
@@ -19,15 +20,15 @@ import (
 // then says whether the key exists and with which create revision, so the
 // caller can hand it on or clean it up. Without this, a waiter key could
 // stay behind with nobody knowing of it.
-func (e *Etcd) SendCreate(ctx context.Context, txn func(context.Context) (*clientv3.TxnResponse, error)) (resp *clientv3.TxnResponse, err error) {
+func (e *Etcd) SendCreate(ctx context.Context, t Txn) (resp *clientv3.TxnResponse, err error) {
 	actx, cancel := e.Detached(ctx)
 	defer cancel()
-	e.workers.do(sendQueue(actx), func() { resp, err = e.sendCreate(ctx, actx, txn) })
+	e.workers.do(sendQueue(actx), func() { resp, err = e.sendCreate(ctx, actx, t) })
 	return resp, err
 }
 
-func (e *Etcd) sendCreate(ctx, actx context.Context, txn func(context.Context) (*clientv3.TxnResponse, error)) (*clientv3.TxnResponse, error) {
-	resp, err := txn(actx)
+func (e *Etcd) sendCreate(ctx, actx context.Context, t Txn) (*clientv3.TxnResponse, error) {
+	resp, err := e.SendTxn(actx, t)
 	if err == nil || !outcomeUnknown(err) {
 		return resp, err
 	}
@@ -45,7 +46,7 @@ func (e *Etcd) sendCreate(ctx, actx context.Context, txn func(context.Context) (
 			return nil, err
 		case <-time.After(bo.Next()):
 		}
-		resp, err = txn(rctx)
+		resp, err = e.SendTxn(rctx, t)
 		if err == nil || !outcomeUnknown(err) || rctx.Err() != nil {
 			return resp, err
 		}

@@ -48,6 +48,8 @@ type Config struct {
 	// Registry receives the limiter's and the error counter's metrics.
 	Registry prometheus.Registerer
 	Logger   *slog.Logger
+	// NoBatching sends every transaction alone (see batch.go).
+	NoBatching bool
 }
 
 // Etcd is every road from the proxy to etcd.
@@ -57,6 +59,7 @@ type Etcd struct {
 	timeout time.Duration
 	log     *slog.Logger
 	workers *workers
+	batches *batcher // nil: no group commit
 	leader  *leaderWatch
 
 	stopCtx context.Context
@@ -139,6 +142,9 @@ func Dial(ctx context.Context, cfg Config) (*Etcd, error) {
 	}
 	e.stopCtx, e.stop = context.WithCancel(context.Background())
 	e.workers = newWorkers(cfg.Workers)
+	if !cfg.NoBatching {
+		e.batches = newBatcher(e, cfg.Registry)
+	}
 	e.leader = newLeaderWatch(e.stopCtx, e.own.Watcher)
 	return e, nil
 }

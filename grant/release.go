@@ -3,6 +3,7 @@ package grant
 import (
 	"context"
 
+	"github.com/coordproxy/coordproxy/etcdio"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -11,11 +12,13 @@ import (
 // exists but leased does not hold it answers notOurs, and a key already gone
 // is success. Unlock, Semaphore Release and RWLock Unlock share it.
 func (g *Granter) Release(ctx context.Context, key string, leased clientv3.Cmp, notOurs error) (*pb.ResponseHeader, error) {
-	resp, err := g.etcd.For(ctx).Txn(ctx).
-		If(leased).
-		Then(clientv3.OpDelete(key)).
-		Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).
-		Commit()
+	// Batched with others (group commit): the one key is its prefix.
+	resp, err := g.etcd.SendTxn(ctx, etcdio.Txn{
+		If:     []clientv3.Cmp{leased},
+		Then:   []clientv3.Op{clientv3.OpDelete(key)},
+		Else:   []clientv3.Op{clientv3.OpGet(key, clientv3.WithKeysOnly())},
+		Prefix: key,
+	})
 	if err != nil {
 		return nil, err
 	}

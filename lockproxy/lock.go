@@ -3,6 +3,7 @@ package lockproxy
 import (
 	"context"
 
+	"github.com/coordproxy/coordproxy/etcdio"
 	"github.com/coordproxy/coordproxy/grant"
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -74,12 +75,11 @@ func (l *locks) enqueue(ctx context.Context, name, key string, lease clientv3.Le
 		getOwner := clientv3.OpGet(grant.Prefix(name), clientv3.WithFirstCreate()...)
 		put, get = append(put, getOwner), append(get, getOwner)
 	}
-	resp, err := l.etcd.SendCreate(ctx, func(ctx context.Context) (*clientv3.TxnResponse, error) {
-		return l.etcd.For(ctx).Txn(ctx).
-			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-			Then(put...).
-			Else(get...).
-			Commit()
+	resp, err := l.etcd.SendCreate(ctx, etcdio.Txn{
+		If:     []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0)},
+		Then:   put,
+		Else:   get,
+		Prefix: grant.Prefix(name),
 	})
 	if err != nil {
 		return grant.Claim{}, err

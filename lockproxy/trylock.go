@@ -3,6 +3,7 @@ package lockproxy
 import (
 	"context"
 
+	"github.com/coordproxy/coordproxy/etcdio"
 	"github.com/coordproxy/coordproxy/grant"
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -25,12 +26,11 @@ func (l *Locks) TryLock(ctx context.Context, req *coordproxyv1.LockRequest) (*co
 	key := grant.OwnerKey(name, lease)
 	pfx := grant.Prefix(name)
 	getOwner := clientv3.OpGet(pfx, clientv3.WithFirstCreate()...)
-	resp, err := l.etcd.SendCreate(ctx, func(ctx context.Context) (*clientv3.TxnResponse, error) {
-		return l.etcd.For(ctx).Txn(ctx).
-			If(clientv3.Compare(clientv3.CreateRevision(pfx), "=", 0).WithPrefix()).
-			Then(clientv3.OpPut(key, "", clientv3.WithLease(lease)), getOwner).
-			Else(getOwner).
-			Commit()
+	resp, err := l.etcd.SendCreate(ctx, etcdio.Txn{
+		If:     []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(pfx), "=", 0).WithPrefix()},
+		Then:   []clientv3.Op{clientv3.OpPut(key, "", clientv3.WithLease(lease)), getOwner},
+		Else:   []clientv3.Op{getOwner},
+		Prefix: pfx,
 	})
 	if err != nil {
 		return nil, err

@@ -76,13 +76,12 @@ func (s *Service) lock(ctx context.Context, req *coordproxyv1.RWLockRequest, wri
 func (s *Service) enqueue(ctx context.Context, name, prefix string, lease clientv3.LeaseID, blockers string) (grant.Claim, error) {
 	for {
 		key := fmt.Sprintf("%s/%v", prefix, time.Now().UnixNano())
-		resp, err := s.etcd.SendCreate(ctx, func(ctx context.Context) (*clientv3.TxnResponse, error) {
-			return s.etcd.For(ctx).Txn(ctx).
-				If(clientv3.Compare(clientv3.Version(key), "=", 0)).
-				Then(clientv3.OpPut(key, "", clientv3.WithLease(lease)),
-					clientv3.OpGet(blockers, clientv3.WithPrefix(), clientv3.WithCountOnly())).
-				Else(clientv3.OpGet(key, clientv3.WithKeysOnly())).
-				Commit()
+		resp, err := s.etcd.SendCreate(ctx, etcdio.Txn{
+			If: []clientv3.Cmp{clientv3.Compare(clientv3.Version(key), "=", 0)},
+			Then: []clientv3.Op{clientv3.OpPut(key, "", clientv3.WithLease(lease)),
+				clientv3.OpGet(blockers, clientv3.WithPrefix(), clientv3.WithCountOnly())},
+			Else:   []clientv3.Op{clientv3.OpGet(key, clientv3.WithKeysOnly())},
+			Prefix: grant.Prefix(name),
 		})
 		if err != nil {
 			return grant.Claim{}, err

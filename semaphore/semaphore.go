@@ -64,12 +64,11 @@ func (s *Service) enqueue(ctx context.Context, name, key string, lease clientv3.
 		clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(limit))
 	newest := clientv3.OpGet(pfx, clientv3.WithPrefix(),
 		clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortDescend), clientv3.WithLimit(2))
-	resp, err := s.etcd.SendCreate(ctx, func(ctx context.Context) (*clientv3.TxnResponse, error) {
-		return s.etcd.For(ctx).Txn(ctx).
-			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-			Then(clientv3.OpPut(key, value, clientv3.WithLease(lease)), holders, newest).
-			Else(clientv3.OpGet(key), holders, newest).
-			Commit()
+	resp, err := s.etcd.SendCreate(ctx, etcdio.Txn{
+		If:     []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0)},
+		Then:   []clientv3.Op{clientv3.OpPut(key, value, clientv3.WithLease(lease)), holders, newest},
+		Else:   []clientv3.Op{clientv3.OpGet(key), holders, newest},
+		Prefix: pfx,
 	})
 	if err != nil {
 		return grant.Claim{}, err

@@ -1,0 +1,247 @@
+package etcdio
+
+import (
+	"context"
+	"strings"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// Group commit: transactions that callers make at the same moment go to
+// etcd as one Txn whose Success operations are the individual transactions
+// (nested transactions, which etcd accepts since 3.3). etcd applies the
+// batch as one raft entry and one backend transaction: work no client of
+// etcd's own services can take off etcd.
+//
+// A transaction alone goes at once: only what queued while an earlier
+// request of its group was in flight is batched, so a lone caller waits for
+// nothing. The rules, each tested:
+//   - only requests made under the same credentials share a batch (the same
+//     etcd client, the same forwarded token and hasleader metadata): a
+//     caller's token never rides in another's request;
+//   - never two transactions whose key prefixes nest (or are the same): two
+//     keys created in one revision would tie a queue's order;
+//   - at most maxBatch transactions and about maxBatchBytes a batch, under
+//     etcd's --max-txn-ops (128) and its request size limit;
+//   - any error of the batch (a lease not found, too large, permission
+//     denied, a timeout…) sends each transaction again alone, so that every
+//     caller gets exactly etcd's answer to its own request;
+//   - every response carries the batch's header.
+// Only transactions that are safe to send twice go here (each is guarded by
+// its compares: put if absent, delete if still the same key).
+
+const (
+	maxBatch      = 64
+	maxBatchBytes = 512 << 10
+)
+
+// Txn is one transaction that may share an etcd request with others.
+type Txn struct {
+	If         []clientv3.Cmp
+	Then, Else []clientv3.Op
+	// Prefix holds every key the transaction touches (a name's prefix, or
+	// the one key it deletes). Empty: it never shares a request.
+	Prefix string
+}
+
+// SendTxn sends t on ctx, in a batch with others of its group that queued
+// while an earlier request of the group was in flight.
+func (e *Etcd) SendTxn(ctx context.Context, t Txn) (*clientv3.TxnResponse, error) {
+	if t.Prefix == "" || e.batches == nil {
+		return e.sendAlone(ctx, t)
+	}
+	return e.batches.send(ctx, t)
+}
+
+func (e *Etcd) sendAlone(ctx context.Context, t Txn) (*clientv3.TxnResponse, error) {
+	return e.For(ctx).Txn(ctx).If(t.If...).Then(t.Then...).Else(t.Else...).Commit()
+}
+
+// batchGroup is what requests must have in common to share a batch.
+type batchGroup struct {
+	client           *clientv3.Client
+	token, hasLeader string
+}
+
+func (e *Etcd) groupOf(ctx context.Context) batchGroup {
+	g := batchGroup{client: e.For(ctx)}
+	if md, ok := metadata.FromOutgoingContext(ctx); ok {
+		g.token = strings.Join(md.Get(rpctypes.TokenFieldNameGRPC), ",")
+		g.hasLeader = strings.Join(md.Get(rpctypes.MetadataRequireLeaderKey), ",")
+	}
+	return g
+}
+
+type batcher struct {
+	e                *Etcd
+	batches, batched prometheus.Counter
+
+	mu     sync.Mutex
+	groups map[batchGroup]*queued
+}
+
+// queued is one group's state: whether a request of it is in flight, and
+// the transactions waiting for it to return.
+type queued struct {
+	busy    bool
+	pending []*txnCall
+}
+
+type txnCall struct {
+	ctx  context.Context
+	t    Txn
+	size int
+	done chan struct{}
+	resp *clientv3.TxnResponse
+	err  error
+}
+
+func newBatcher(e *Etcd, reg prometheus.Registerer) *batcher {
+	b := &batcher{
+		e: e,
+		batches: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "coordproxy", Name: "etcd_batches_total",
+			Help: "etcd Txn requests that carried two or more of the proxy's transactions at once (group commit).",
+		}),
+		batched: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "coordproxy", Name: "etcd_batched_txns_total",
+			Help: "Transactions the proxy sent to etcd inside a batch rather than alone.",
+		}),
+		groups: map[batchGroup]*queued{},
+	}
+	reg.MustRegister(b.batches, b.batched)
+	return b
+}
+
+func (b *batcher) send(ctx context.Context, t Txn) (*clientv3.TxnResponse, error) {
+	key := b.e.groupOf(ctx)
+	b.mu.Lock()
+	q := b.groups[key]
+	if q == nil {
+		q = &queued{}
+		b.groups[key] = q
+	}
+	if !q.busy {
+		q.busy = true
+		b.mu.Unlock()
+		resp, err := b.e.sendAlone(ctx, t)
+		b.next(key, q)
+		return resp, err
+	}
+	c := &txnCall{ctx: ctx, t: t, size: txnSize(t), done: make(chan struct{})}
+	q.pending = append(q.pending, c)
+	b.mu.Unlock()
+	<-c.done
+	return c.resp, c.err
+}
+
+// next sends what queued while the group's request was in flight, batch by
+// batch, in the background, until nothing is left; then the group is idle.
+func (b *batcher) next(key batchGroup, q *queued) {
+	b.mu.Lock()
+	batch := b.take(q)
+	if len(batch) == 0 {
+		q.busy = false
+		if len(q.pending) == 0 {
+			delete(b.groups, key)
+		}
+		b.mu.Unlock()
+		return
+	}
+	b.mu.Unlock()
+	go func() {
+		b.sendBatch(batch)
+		b.next(key, q)
+	}()
+}
+
+// take picks the next batch from q's pending transactions, in their order:
+// none whose prefix nests with one already picked, up to the caps. Those it
+// leaves wait for the next batch. Callers gone meanwhile are answered and
+// dropped.
+func (b *batcher) take(q *queued) []*txnCall {
+	var batch, rest []*txnCall
+	bytes := 0
+	for _, c := range q.pending {
+		if err := c.ctx.Err(); err != nil {
+			c.err = status.FromContextError(err).Err()
+			close(c.done)
+			continue
+		}
+		if len(batch) >= maxBatch || (len(batch) > 0 && bytes+c.size > maxBatchBytes) || nestsWithAny(c.t.Prefix, batch) {
+			rest = append(rest, c)
+			continue
+		}
+		batch = append(batch, c)
+		bytes += c.size
+	}
+	q.pending = rest
+	return batch
+}
+
+func nestsWithAny(prefix string, batch []*txnCall) bool {
+	for _, c := range batch {
+		if strings.HasPrefix(prefix, c.t.Prefix) || strings.HasPrefix(c.t.Prefix, prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// sendBatch sends batch as one etcd Txn, or, if that fails, each alone.
+func (b *batcher) sendBatch(batch []*txnCall) {
+	if len(batch) == 1 {
+		c := batch[0]
+		c.resp, c.err = b.e.sendAlone(c.ctx, c.t)
+		close(c.done)
+		return
+	}
+	ops := make([]clientv3.Op, len(batch))
+	for i, c := range batch {
+		ops[i] = clientv3.OpTxn(c.t.If, c.t.Then, c.t.Else)
+	}
+	// The batch outlives any one caller: a detached context with the
+	// first caller's values (its group's credentials and metadata) and
+	// the request timeout.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(batch[0].ctx), b.e.timeout)
+	resp, err := b.e.For(ctx).Txn(ctx).Then(ops...).Commit()
+	cancel()
+	if err != nil {
+		var wg sync.WaitGroup
+		for _, c := range batch {
+			wg.Go(func() {
+				c.resp, c.err = b.e.sendAlone(c.ctx, c.t)
+				close(c.done)
+			})
+		}
+		wg.Wait()
+		return
+	}
+	b.batches.Inc()
+	b.batched.Add(float64(len(batch)))
+	for i, c := range batch {
+		sub := resp.Responses[i].GetResponseTxn()
+		c.resp = &clientv3.TxnResponse{Header: resp.Header, Succeeded: sub.Succeeded, Responses: sub.Responses}
+		close(c.done)
+	}
+}
+
+// txnSize is about how many bytes t adds to a request.
+func txnSize(t Txn) int {
+	n := 0
+	for _, c := range t.If {
+		pc := c.GetCompare()
+		n += len(pc.Key) + len(pc.RangeEnd) + len(c.ValueBytes()) + 32
+	}
+	for _, ops := range [][]clientv3.Op{t.Then, t.Else} {
+		for _, op := range ops {
+			n += len(op.KeyBytes()) + len(op.RangeBytes()) + len(op.ValueBytes()) + 32
+		}
+	}
+	return n
+}
