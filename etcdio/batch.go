@@ -27,7 +27,8 @@ import (
 //   - never two transactions whose key prefixes nest (or are the same): two
 //     keys created in one revision would tie a queue's order;
 //   - at most maxBatch transactions and about maxBatchBytes a batch, under
-//     etcd's --max-txn-ops (128) and its request size limit;
+//     etcd's --max-txn-ops (128) and its request size limit; transactions
+//     that may not share one go side by side in batches of their own;
 //   - any error of the batch (a lease not found, too large, permission
 //     denied, a timeout…) sends each transaction again alone, so that every
 //     caller gets exactly etcd's answer to its own request;
@@ -140,12 +141,16 @@ func (b *batcher) send(ctx context.Context, t Txn) (*clientv3.TxnResponse, error
 	return c.resp, c.err
 }
 
-// next sends what queued while the group's request was in flight, batch by
-// batch, in the background, until nothing is left; then the group is idle.
+// next sends what queued while the group's request was in flight, round by
+// round, in the background, until nothing is left; then the group is idle.
+// A round is up to maxRound of the waiting transactions, in their order,
+// split into as few batches as the rules allow (first fit), all sent at
+// once: transactions that may not share a batch (one name's waiters) still
+// go to etcd side by side, as they would alone.
 func (b *batcher) next(key batchGroup, q *queued) {
 	b.mu.Lock()
-	batch := b.take(q)
-	if len(batch) == 0 {
+	batches := b.take(q)
+	if len(batches) == 0 {
 		q.busy = false
 		if len(q.pending) == 0 {
 			delete(b.groups, key)
@@ -155,33 +160,48 @@ func (b *batcher) next(key batchGroup, q *queued) {
 	}
 	b.mu.Unlock()
 	go func() {
-		b.sendBatch(batch)
+		var wg sync.WaitGroup
+		for _, batch := range batches {
+			wg.Go(func() { b.sendBatch(batch) })
+		}
+		wg.Wait()
 		b.next(key, q)
 	}()
 }
 
-// take picks the next batch from q's pending transactions, in their order:
-// none whose prefix nests with one already picked, up to the caps. Those it
-// leaves wait for the next batch. Callers gone meanwhile are answered and
-// dropped.
-func (b *batcher) take(q *queued) []*txnCall {
-	var batch, rest []*txnCall
-	bytes := 0
+// maxRound bounds the transactions one round sends (the limiter bounds how
+// many requests of it are in flight at once).
+const maxRound = 256
+
+// take splits the next round of q's pending transactions into batches.
+// Callers gone meanwhile are answered and dropped.
+func (b *batcher) take(q *queued) [][]*txnCall {
+	var batches [][]*txnCall
+	var sizes []int
+	n := 0
 	for _, c := range q.pending {
+		if n == maxRound {
+			break
+		}
+		n++
 		if err := c.ctx.Err(); err != nil {
 			c.err = status.FromContextError(err).Err()
 			close(c.done)
 			continue
 		}
-		if len(batch) >= maxBatch || (len(batch) > 0 && bytes+c.size > maxBatchBytes) || nestsWithAny(c.t.Prefix, batch) {
-			rest = append(rest, c)
-			continue
+		placed := false
+		for i, batch := range batches {
+			if len(batch) < maxBatch && sizes[i]+c.size <= maxBatchBytes && !nestsWithAny(c.t.Prefix, batch) {
+				batches[i], sizes[i], placed = append(batch, c), sizes[i]+c.size, true
+				break
+			}
 		}
-		batch = append(batch, c)
-		bytes += c.size
+		if !placed {
+			batches, sizes = append(batches, []*txnCall{c}), append(sizes, c.size)
+		}
 	}
-	q.pending = rest
-	return batch
+	q.pending = q.pending[n:]
+	return batches
 }
 
 func nestsWithAny(prefix string, batch []*txnCall) bool {
