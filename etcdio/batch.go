@@ -86,20 +86,27 @@ type batcher struct {
 	groups map[batchGroup]*queued
 }
 
-// queued is one group's state: whether a request of it is in flight, and
-// the transactions waiting for it to return.
+// queued is one group's state: whether a request of it is in flight, the
+// transactions waiting for it to return, and how many batches of the round
+// in flight have still to return.
 type queued struct {
 	busy    bool
 	pending []*txnCall
+	round   int
 }
 
 type txnCall struct {
 	ctx  context.Context
 	t    Txn
 	size int
-	done chan struct{}
-	resp *clientv3.TxnResponse
-	err  error
+	// lead is closed when this call's goroutine is to send batch (which
+	// holds it first): the batches of a round are sent by their first
+	// callers, so that batching starts no goroutine of its own.
+	lead  chan struct{}
+	batch []*txnCall
+	done  chan struct{}
+	resp  *clientv3.TxnResponse
+	err   error
 }
 
 func newBatcher(e *Etcd, reg prometheus.Registerer) *batcher {
@@ -134,39 +141,47 @@ func (b *batcher) send(ctx context.Context, t Txn) (*clientv3.TxnResponse, error
 		b.next(key, q)
 		return resp, err
 	}
-	c := &txnCall{ctx: ctx, t: t, size: txnSize(t), done: make(chan struct{})}
+	c := &txnCall{ctx: ctx, t: t, size: txnSize(t), lead: make(chan struct{}), done: make(chan struct{})}
 	q.pending = append(q.pending, c)
 	b.mu.Unlock()
-	<-c.done
+	select {
+	case <-c.lead:
+		b.sendBatch(c.batch)
+		b.mu.Lock()
+		q.round--
+		last := q.round == 0
+		b.mu.Unlock()
+		if last {
+			b.next(key, q)
+		}
+	case <-c.done:
+	}
 	return c.resp, c.err
 }
 
-// next sends what queued while the group's request was in flight, round by
-// round, in the background, until nothing is left; then the group is idle.
-// A round is up to maxRound of the waiting transactions, in their order,
-// split into as few batches as the rules allow (first fit), all sent at
-// once: transactions that may not share a batch (one name's waiters) still
-// go to etcd side by side, as they would alone.
+// next starts the next round of what queued while the group's request was
+// in flight; the last batch of a round to return starts the one after,
+// until nothing is left and the group is idle. A round is up to maxRound
+// of the waiting transactions, in their order, split into as few batches
+// as the rules allow (first fit), all sent at once, each by its first
+// caller: transactions that may not share a batch (one name's waiters)
+// still go to etcd side by side, as they would alone.
 func (b *batcher) next(key batchGroup, q *queued) {
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	batches := b.take(q)
 	if len(batches) == 0 {
 		q.busy = false
 		if len(q.pending) == 0 {
 			delete(b.groups, key)
 		}
-		b.mu.Unlock()
 		return
 	}
-	b.mu.Unlock()
-	go func() {
-		var wg sync.WaitGroup
-		for _, batch := range batches {
-			wg.Go(func() { b.sendBatch(batch) })
-		}
-		wg.Wait()
-		b.next(key, q)
-	}()
+	q.round = len(batches)
+	for _, batch := range batches {
+		batch[0].batch = batch
+		close(batch[0].lead)
+	}
 }
 
 // maxRound bounds the transactions one round sends (the limiter bounds how
