@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -144,9 +145,8 @@ func (b *batcher) send(ctx context.Context, t Txn) (*clientv3.TxnResponse, error
 	c := &txnCall{ctx: ctx, t: t, size: txnSize(t), lead: make(chan struct{}), done: make(chan struct{})}
 	q.pending = append(q.pending, c)
 	b.mu.Unlock()
-	select {
-	case <-c.lead:
-		b.sendBatch(c.batch)
+	lead := func() {
+		b.sendBatch(q, c.batch)
 		b.mu.Lock()
 		q.round--
 		last := q.round == 0
@@ -154,9 +154,38 @@ func (b *batcher) send(ctx context.Context, t Txn) (*clientv3.TxnResponse, error
 		if last {
 			b.next(key, q)
 		}
+	}
+	select {
+	case <-c.lead:
+		lead()
 	case <-c.done:
+	case <-sendQueue(ctx).Done():
+		// The caller's time is up while it waits for a round: as a request
+		// that never got a slot to etcd. Taken into a round already, it
+		// waits for that round, whose deadline is no later than its own.
+		if b.drop(q, c) {
+			return nil, status.FromContextError(sendQueue(ctx).Err()).Err()
+		}
+		select {
+		case <-c.lead:
+			lead()
+		case <-c.done:
+		}
 	}
 	return c.resp, c.err
+}
+
+// drop takes c out of q's pending transactions; false if a round has it.
+func (b *batcher) drop(q *queued, c *txnCall) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i, p := range q.pending {
+		if p == c {
+			q.pending = append(q.pending[:i:i], q.pending[i+1:]...)
+			return true
+		}
+	}
+	return false
 }
 
 // next starts the next round of what queued while the group's request was
@@ -199,7 +228,7 @@ func (b *batcher) take(q *queued) [][]*txnCall {
 			break
 		}
 		n++
-		if err := c.ctx.Err(); err != nil {
+		if err := sendQueue(c.ctx).Err(); err != nil {
 			c.err = status.FromContextError(err).Err()
 			close(c.done)
 			continue
@@ -228,8 +257,11 @@ func nestsWithAny(prefix string, batch []*txnCall) bool {
 	return false
 }
 
-// sendBatch sends batch as one etcd Txn, or, if that fails, each alone.
-func (b *batcher) sendBatch(batch []*txnCall) {
+// sendBatch sends batch as one etcd Txn; it runs on the goroutine of the
+// batch's first caller. If the batch fails, each caller sends its own
+// transaction alone, from its own goroutine, so that none waits for
+// another's: a batch of one is that.
+func (b *batcher) sendBatch(q *queued, batch []*txnCall) {
 	if len(batch) == 1 {
 		c := batch[0]
 		c.resp, c.err = b.e.sendAlone(c.ctx, c.t)
@@ -240,21 +272,18 @@ func (b *batcher) sendBatch(batch []*txnCall) {
 	for i, c := range batch {
 		ops[i] = clientv3.OpTxn(c.t.If, c.t.Then, c.t.Else)
 	}
-	// The batch outlives any one caller: a detached context with the
-	// first caller's values (its group's credentials and metadata) and
-	// the request timeout.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(batch[0].ctx), b.e.timeout)
+	ctx, cancel := b.batchContext(batch)
 	resp, err := b.e.For(ctx).Txn(ctx).Then(ops...).Commit()
 	cancel()
 	if err != nil {
-		var wg sync.WaitGroup
-		for _, c := range batch {
-			wg.Go(func() {
-				c.resp, c.err = b.e.sendAlone(c.ctx, c.t)
-				close(c.done)
-			})
+		b.mu.Lock()
+		q.round += len(batch) - 1
+		b.mu.Unlock()
+		for _, c := range batch[1:] {
+			c.batch = []*txnCall{c}
+			close(c.lead)
 		}
-		wg.Wait()
+		b.sendBatch(q, batch[:1])
 		return
 	}
 	b.batches.Inc()
@@ -265,6 +294,35 @@ func (b *batcher) sendBatch(batch []*txnCall) {
 		close(c.done)
 	}
 }
+
+// batchContext is the context a batch is sent on. It outlives any one
+// caller (detached), carries the first caller's values (its group's
+// credentials and metadata), and ends no later than any member may: at the
+// earliest deadline of the members whose deadline counts from their call
+// (a caller with a deadline ends within the request timeout of it); a batch
+// of only requests whose deadline runs from the send (SendTimeout) keeps
+// that: the limiter gives it the request timeout once it is sent.
+func (b *batcher) batchContext(batch []*txnCall) (context.Context, context.CancelFunc) {
+	ctx := context.WithoutCancel(batch[0].ctx)
+	var earliest time.Time
+	for _, c := range batch {
+		if _, _, bound := SendBound(c.ctx); bound {
+			continue
+		}
+		if d, ok := c.ctx.Deadline(); ok && (earliest.IsZero() || d.Before(earliest)) {
+			earliest = d
+		}
+	}
+	if earliest.IsZero() {
+		return context.WithTimeout(ctx, b.e.timeout)
+	}
+	// Not sent as SendTimeout's: the limiter must keep this deadline.
+	ctx = context.WithValue(ctx, sendBoundKey{}, noSendBound{})
+	return context.WithDeadline(ctx, earliest)
+}
+
+// noSendBound hides the first caller's SendTimeout from the limiter.
+type noSendBound struct{}
 
 // txnSize is about how many bytes t adds to a request.
 func txnSize(t Txn) int {
