@@ -13,7 +13,6 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
-	"github.com/prometheus/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -74,11 +73,7 @@ func round2(v float64) float64 { return float64(int64(v*100+0.5)) / 100 }
 
 // cpu is the child's user and system time so far, in seconds.
 func (c *child) cpu() (float64, error) {
-	p, err := procfs.NewProc(c.cmd.Process.Pid)
-	if err != nil {
-		return 0, err
-	}
-	st, err := p.Stat()
+	st, err := c.stat()
 	if err != nil {
 		return 0, err
 	}

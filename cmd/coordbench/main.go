@@ -333,15 +333,7 @@ func scenarioIDs() string {
 func printTable(w io.Writer, results []result) {
 	fmt.Fprintln(w, "| scenario | etcd ops/s | coordproxy ops/s | ratio | etcd p50 / p99 ms | coordproxy p50 / p99 ms | errors etcd / coordproxy | notes |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
-	by := map[string]map[string]result{}
-	var order []string
-	for _, r := range results {
-		if by[r.Scenario] == nil {
-			by[r.Scenario] = map[string]result{}
-			order = append(order, r.Scenario)
-		}
-		by[r.Scenario][r.Target] = r
-	}
+	order, by := byScenario(results)
 	for _, s := range order {
 		n, p := by[s]["etcd"], by[s]["coordproxy"]
 		ratio := "–"
@@ -388,15 +380,7 @@ func show(v any) string {
 func printCostTable(w io.Writer, results []result) {
 	fmt.Fprintln(w, "| scenario | etcd CPU µs/op etcd / coordproxy | coordproxy CPU µs/op | etcd requests/op etcd / coordproxy | etcd watch msgs/op etcd / coordproxy |")
 	fmt.Fprintln(w, "|---|---|---|---|---|")
-	by := map[string]map[string]result{}
-	var order []string
-	for _, r := range results {
-		if by[r.Scenario] == nil {
-			by[r.Scenario] = map[string]result{}
-			order = append(order, r.Scenario)
-		}
-		by[r.Scenario][r.Target] = r
-	}
+	order, by := byScenario(results)
 	pair := func(n, p result, k string) string {
 		return show(n.Extra[k]) + " / " + show(p.Extra[k])
 	}
@@ -405,4 +389,18 @@ func printCostTable(w io.Writer, results []result) {
 		fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", s, pair(n, p, "etcd_cpu_us_per_op"), show(p.Extra["proxy_cpu_us_per_op"]),
 			pair(n, p, "etcd_requests_per_op"), pair(n, p, "etcd_watch_msgs_per_op"))
 	}
+}
+
+// byScenario groups results by scenario, in the order they ran, then by
+// target.
+func byScenario(results []result) (order []string, by map[string]map[string]result) {
+	by = map[string]map[string]result{}
+	for _, r := range results {
+		if by[r.Scenario] == nil {
+			by[r.Scenario] = map[string]result{}
+			order = append(order, r.Scenario)
+		}
+		by[r.Scenario][r.Target] = r
+	}
+	return order, by
 }

@@ -153,13 +153,18 @@ func (c *child) stop() {
 
 // rss is the child's resident memory in bytes.
 func (c *child) rss() (int64, error) {
-	p, err := procfs.NewProc(c.cmd.Process.Pid)
-	if err != nil {
-		return 0, err
-	}
-	st, err := p.Stat()
+	st, err := c.stat()
 	if err != nil {
 		return 0, err
 	}
 	return int64(st.ResidentMemory()), nil
+}
+
+// stat is the child's /proc/PID/stat.
+func (c *child) stat() (procfs.ProcStat, error) {
+	p, err := procfs.NewProc(c.cmd.Process.Pid)
+	if err != nil {
+		return procfs.ProcStat{}, err
+	}
+	return p.Stat()
 }
