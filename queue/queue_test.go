@@ -62,19 +62,16 @@ func (w *turn) judgedTimes() int {
 	return w.judged
 }
 
-// waitTurn is WaitTurn's condition, counted.
+// waitTurn is WaitTurn, its turn (queue.FirstInLine) counted.
 func waitTurn(ctx context.Context, q *queue.Queue, key string, rev int64) *turn {
 	w := &turn{}
+	first := queue.FirstInLine(key, rev)
 	w.call = proxytest.Go(func() error {
 		return q.Wait(ctx, nil, queue.ForKey(key, rev, func(v queue.View, watch []string) ([]string, bool) {
 			w.mu.Lock()
 			w.judged++
 			w.mu.Unlock()
-			i := v.Before(rev)
-			if i == 0 {
-				return nil, true
-			}
-			return append(watch, key, string(v.At(i-1).Key)), false
+			return first(v, watch)
 		}))
 	})
 	return w

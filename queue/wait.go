@@ -69,13 +69,19 @@ func ForKey(key string, rev int64, turn func(v View, watch []string) (keys []str
 // exists with create revision rev, instead of waiting for the keys before it
 // as concurrency does.
 func (q *Queue) WaitTurn(ctx context.Context, stop <-chan struct{}, key string, rev int64) error {
-	return q.Wait(ctx, stop, ForKey(key, rev, func(v View, watch []string) ([]string, bool) {
+	return q.Wait(ctx, stop, ForKey(key, rev, FirstInLine(key, rev)))
+}
+
+// FirstInLine is WaitTurn's turn, for ForKey: no key was created before rev.
+// It watches key and the key just before it only.
+func FirstInLine(key string, rev int64) func(v View, watch []string) ([]string, bool) {
+	return func(v View, watch []string) ([]string, bool) {
 		i := v.Before(rev)
 		if i == 0 {
 			return nil, true
 		}
 		return append(watch, key, string(v.At(i-1).Key)), false
-	}))
+	}
 }
 
 // WaitGone blocks until, as the shared watch sees it, key no longer exists
