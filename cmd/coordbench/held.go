@@ -30,9 +30,7 @@ func heldScenario(ctx context.Context, b *bench, t target, scenario string) (res
 	defer revokeAll(clis[0], []clientv3.LeaseID{lease})
 
 	b.settleWatchers(ctx, scenario, t)
-	etcdRSS0, _ := b.etcdRSS()
-	proxyRSS0, _ := b.proxyRSS()
-	watchers0, werr0 := etcdMetric(ctx, b.etcdURL, watcherMetric)
+	before := b.footprintNow(ctx)
 
 	prefix := b.unique("held")
 	rec := newRecorder()
@@ -67,15 +65,6 @@ func heldScenario(ctx context.Context, b *bench, t target, scenario string) (res
 	if e := firstErr.Load(); e != nil {
 		res.Extra["first_error"] = e
 	}
-	watchers, werr := etcdMetric(ctx, b.etcdURL, watcherMetric)
-	res.Extra["etcd_watchers_added"] = added(watchers0, werr0, watchers, werr)
-	if rss, err := b.etcdRSS(); err == nil && etcdRSS0 > 0 {
-		res.Extra["etcd_rss_growth_mib"] = mib(rss - etcdRSS0)
-	}
-	if t.name == "coordproxy" {
-		if rss, err := b.proxyRSS(); err == nil && proxyRSS0 > 0 {
-			res.Extra["proxy_rss_growth_mib"] = mib(rss - proxyRSS0)
-		}
-	}
+	before.grown(b.footprintNow(ctx), t, res.Extra)
 	return res, nil
 }

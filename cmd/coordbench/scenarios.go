@@ -275,3 +275,35 @@ func added(before float64, berr error, after float64, aerr error) any {
 	}
 	return after - before
 }
+
+// footprint is what the state a scenario builds costs: etcd's watchers and
+// both processes' RSS (0 where unknown), read before and after it.
+type footprint struct {
+	watchers          float64
+	watchersErr       error
+	etcdRSS, proxyRSS int64
+}
+
+func (b *bench) footprintNow(ctx context.Context) footprint {
+	var f footprint
+	f.watchers, f.watchersErr = etcdMetric(ctx, b.etcdURL, watcherMetric)
+	if v, err := b.etcdRSS(); err == nil {
+		f.etcdRSS = v
+	}
+	if v, err := b.proxyRSS(); err == nil {
+		f.proxyRSS = v
+	}
+	return f
+}
+
+// grown puts into extra what grew from f to now: etcd's watchers, etcd's
+// RSS, and on the proxy's target the proxy's RSS.
+func (f footprint) grown(now footprint, t target, extra map[string]any) {
+	extra["etcd_watchers_added"] = added(f.watchers, f.watchersErr, now.watchers, now.watchersErr)
+	if f.etcdRSS > 0 && now.etcdRSS > 0 {
+		extra["etcd_rss_growth_mib"] = mib(now.etcdRSS - f.etcdRSS)
+	}
+	if t.name == "coordproxy" && f.proxyRSS > 0 && now.proxyRSS > 0 {
+		extra["proxy_rss_growth_mib"] = mib(now.proxyRSS - f.proxyRSS)
+	}
+}

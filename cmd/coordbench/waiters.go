@@ -34,9 +34,7 @@ func waitersScenario(ctx context.Context, b *bench, t target, scenario string) (
 
 	name := b.unique("waiters")
 	b.settleWatchers(ctx, scenario, t)
-	etcdRSS0, _ := b.etcdRSS()
-	proxyRSS0, _ := b.proxyRSS()
-	watchers0, werr0 := etcdMetric(ctx, b.etcdURL, watcherMetric)
+	before := b.footprintNow(ctx)
 
 	n := b.waiters
 	leases := make([]clientv3.LeaseID, n+1)
@@ -112,9 +110,7 @@ func waitersScenario(ctx context.Context, b *bench, t target, scenario string) (
 	// Let the waiters settle, then measure.
 	time.Sleep(time.Second)
 	got = parked()
-	watchers, werr := etcdMetric(ctx, b.etcdURL, watcherMetric)
-	etcdRSS, _ := b.etcdRSS()
-	proxyRSS, _ := b.proxyRSS()
+	now := b.footprintNow(ctx)
 	var mem map[string]int64
 	if t.name == "coordproxy" {
 		mem, _ = memStats(ctx, t.addr)
@@ -132,18 +128,16 @@ func waitersScenario(ctx context.Context, b *bench, t target, scenario string) (
 		res.Ops = float64(got) / parkTime.Seconds()
 	}
 	res.Extra = map[string]any{
-		"waiters":             n,
-		"parked":              got,
-		"seconds_to_park":     parkTime.Seconds(),
-		"etcd_watchers_added": added(watchers0, werr0, watchers, werr),
+		"waiters":         n,
+		"parked":          got,
+		"seconds_to_park": parkTime.Seconds(),
 		// Added can be off by the proxy's lingering watches of earlier
 		// scenarios that expire meanwhile; the total bounds it from above.
-		"etcd_watchers_total":  added(0, nil, watchers, werr),
-		"etcd_rss_growth_mib":  mib(etcdRSS - etcdRSS0),
-		"etcd_rss_mib":         mib(etcdRSS),
-		"proxy_rss_mib":        mib(proxyRSS),
-		"proxy_rss_growth_mib": mib(proxyRSS - proxyRSS0),
+		"etcd_watchers_total": added(0, nil, now.watchers, now.watchersErr),
+		"etcd_rss_mib":        mib(now.etcdRSS),
+		"proxy_rss_mib":       mib(now.proxyRSS),
 	}
+	before.grown(now, t, res.Extra)
 	if mem != nil {
 		// Where the proxy's RSS is, from its runtime.MemStats.
 		res.Extra["proxy_stack_mib"] = mib(mem["StackInuse"])
