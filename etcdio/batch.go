@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -36,6 +37,21 @@ import (
 //   - every response carries the batch's header.
 // Only transactions that are safe to send twice go here (each is guarded by
 // its compares: put if absent, delete if still the same key).
+
+// Batching is how transactions share etcd requests.
+type Batching int
+
+const (
+	// BatchConcurrent (the default) batches what queued while an earlier
+	// request of its group was in flight; a transaction alone goes alone.
+	BatchConcurrent Batching = iota
+	// BatchOff sends every transaction alone.
+	BatchOff
+	// BatchAlways also sends a transaction alone nested, as a batch of one,
+	// so that every path meets etcd's nested-transaction semantics (the
+	// package tests run so; see proxytest.StartProxy).
+	BatchAlways
+)
 
 const (
 	maxBatch      = 64
@@ -81,6 +97,8 @@ func (e *Etcd) groupOf(ctx context.Context) batchGroup {
 
 type batcher struct {
 	e                *Etcd
+	always           bool         // BatchAlways
+	nested           atomic.Int64 // requests sent as nested transactions, for tests
 	batches, batched prometheus.Counter
 
 	mu     sync.Mutex
@@ -105,14 +123,15 @@ type txnCall struct {
 	// callers, so that batching starts no goroutine of its own.
 	lead  chan struct{}
 	batch []*txnCall
+	alone bool // sent again alone after its batch failed
 	done  chan struct{}
 	resp  *clientv3.TxnResponse
 	err   error
 }
 
-func newBatcher(e *Etcd, reg prometheus.Registerer) *batcher {
+func newBatcher(e *Etcd, reg prometheus.Registerer, always bool) *batcher {
 	b := &batcher{
-		e: e,
+		e: e, always: always,
 		batches: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: "coordproxy", Name: "etcd_batches_total",
 			Help: "etcd Txn requests that carried two or more of the proxy's transactions at once (group commit).",
@@ -138,7 +157,15 @@ func (b *batcher) send(ctx context.Context, t Txn) (*clientv3.TxnResponse, error
 	if !q.busy {
 		q.busy = true
 		b.mu.Unlock()
-		resp, err := b.e.sendAlone(ctx, t)
+		var resp *clientv3.TxnResponse
+		var err error
+		if b.always {
+			c := &txnCall{ctx: ctx, t: t, done: make(chan struct{})}
+			b.sendBatch(q, []*txnCall{c})
+			resp, err = c.resp, c.err
+		} else {
+			resp, err = b.e.sendAlone(ctx, t)
+		}
 		b.next(key, q)
 		return resp, err
 	}
@@ -260,14 +287,31 @@ func nestsWithAny(prefix string, batch []*txnCall) bool {
 // sendBatch sends batch as one etcd Txn; it runs on the goroutine of the
 // batch's first caller. If the batch fails, each caller sends its own
 // transaction alone, from its own goroutine, so that none waits for
-// another's: a batch of one is that.
+// another's. A batch of one goes alone (but for BatchAlways).
 func (b *batcher) sendBatch(q *queued, batch []*txnCall) {
-	if len(batch) == 1 {
-		c := batch[0]
-		c.resp, c.err = b.e.sendAlone(c.ctx, c.t)
-		close(c.done)
-		return
+	if len(batch) > 1 || b.always && !batch[0].alone {
+		if b.sendNested(batch) {
+			return
+		}
+		b.mu.Lock()
+		q.round += len(batch) - 1
+		b.mu.Unlock()
+		for _, c := range batch {
+			c.alone = true
+		}
+		for _, c := range batch[1:] {
+			c.batch = []*txnCall{c}
+			close(c.lead)
+		}
 	}
+	c := batch[0]
+	c.resp, c.err = b.e.sendAlone(c.ctx, c.t)
+	close(c.done)
+}
+
+// sendNested sends batch as one Txn of nested transactions and answers its
+// callers; false if etcd refused or failed it.
+func (b *batcher) sendNested(batch []*txnCall) bool {
 	ops := make([]clientv3.Op, len(batch))
 	for i, c := range batch {
 		ops[i] = clientv3.OpTxn(c.t.If, c.t.Then, c.t.Else)
@@ -275,24 +319,20 @@ func (b *batcher) sendBatch(q *queued, batch []*txnCall) {
 	ctx, cancel := b.batchContext(batch)
 	resp, err := b.e.For(ctx).Txn(ctx).Then(ops...).Commit()
 	cancel()
+	b.nested.Add(1)
 	if err != nil {
-		b.mu.Lock()
-		q.round += len(batch) - 1
-		b.mu.Unlock()
-		for _, c := range batch[1:] {
-			c.batch = []*txnCall{c}
-			close(c.lead)
-		}
-		b.sendBatch(q, batch[:1])
-		return
+		return false
 	}
-	b.batches.Inc()
-	b.batched.Add(float64(len(batch)))
+	if len(batch) > 1 {
+		b.batches.Inc()
+		b.batched.Add(float64(len(batch)))
+	}
 	for i, c := range batch {
 		sub := resp.Responses[i].GetResponseTxn()
 		c.resp = &clientv3.TxnResponse{Header: resp.Header, Succeeded: sub.Succeeded, Responses: sub.Responses}
 		close(c.done)
 	}
+	return true
 }
 
 // batchContext is the context a batch is sent on. It outlives any one

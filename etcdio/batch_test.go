@@ -19,10 +19,14 @@ import (
 // group held busy (etcdio.HoldBatches), then released as batches.
 
 func dial(t *testing.T) (*etcdio.Etcd, *clientv3.Client, *prometheus.Registry) {
+	return dialBatching(t, etcdio.BatchConcurrent)
+}
+
+func dialBatching(t *testing.T, mode etcdio.Batching) (*etcdio.Etcd, *clientv3.Client, *prometheus.Registry) {
 	t.Helper()
 	etcd := proxytest.StartEtcd(t)
 	reg := prometheus.NewRegistry()
-	e, err := etcdio.Dial(context.Background(), etcdio.Config{Endpoints: []string{etcd.URL}, Registry: reg})
+	e, err := etcdio.Dial(context.Background(), etcdio.Config{Endpoints: []string{etcd.URL}, Registry: reg, Batching: mode})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,5 +227,37 @@ func TestSendTxn_otherCredentialsAreNeverBatchedTogether(t *testing.T) {
 	}
 	if n := counter(t, reg, "coordproxy_etcd_batches_total"); n != 0 {
 		t.Fatalf("%v batches, want none", n)
+	}
+}
+
+// With BatchAlways a transaction alone goes nested too, and answers as it
+// would alone: its compares decide, a failure is etcd's own answer to it.
+func TestSendTxn_batchAlwaysNestsALoneTransactionAndAnswersAsAlone(t *testing.T) {
+	e, kv, _ := dialBatching(t, etcdio.BatchAlways)
+	ctx := proxytest.Ctx(t)
+	lease, err := kv.Grant(ctx, 600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := e.SendTxn(ctx, putIfAbsent("n/k", lease.ID, "n/"))
+	if err != nil || !first.Succeeded || first.Responses[1].GetResponseRange().Kvs[0].CreateRevision != first.Header.Revision {
+		t.Fatalf("first put: %v, %v", first, err)
+	}
+	again, err := e.SendTxn(ctx, putIfAbsent("n/k", lease.ID, "n/"))
+	if err != nil || again.Succeeded || again.Responses[0].GetResponseRange().Kvs[0].CreateRevision != first.Header.Revision {
+		t.Fatalf("put again: %v, %v (want the Else branch with the first key)", again, err)
+	}
+	if n := etcdio.Nested(e); n != 2 {
+		t.Fatalf("%d nested requests, want 2", n)
+	}
+	if _, err := kv.Revoke(ctx, lease.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.SendTxn(ctx, putIfAbsent("m/k", lease.ID, "m/"))
+	if !errors.Is(err, rpctypes.ErrLeaseNotFound) || err.Error() != rpctypes.ErrLeaseNotFound.Error() {
+		t.Fatalf("put on a revoked lease: %v, want etcd's %q", err, rpctypes.ErrLeaseNotFound)
+	}
+	if n := etcdio.Nested(e); n != 3 {
+		t.Fatalf("%d nested requests, want 3 (the failed one is sent nested, then alone)", n)
 	}
 }

@@ -48,8 +48,8 @@ type Config struct {
 	// Registry receives the limiter's and the error counter's metrics.
 	Registry prometheus.Registerer
 	Logger   *slog.Logger
-	// NoBatching sends every transaction alone (see batch.go).
-	NoBatching bool
+	// Batching is how transactions share etcd requests (see batch.go).
+	Batching Batching
 }
 
 // Etcd is every road from the proxy to etcd.
@@ -142,8 +142,8 @@ func Dial(ctx context.Context, cfg Config) (*Etcd, error) {
 	}
 	e.stopCtx, e.stop = context.WithCancel(context.Background())
 	e.workers = newWorkers(cfg.Workers)
-	if !cfg.NoBatching {
-		e.batches = newBatcher(e, cfg.Registry)
+	if cfg.Batching != BatchOff {
+		e.batches = newBatcher(e, cfg.Registry, cfg.Batching == BatchAlways)
 	}
 	e.leader = newLeaderWatch(e.stopCtx, e.own.Watcher)
 	return e, nil

@@ -29,3 +29,6 @@ func Pending(e *Etcd, ctx context.Context) int {
 	}
 	return 0
 }
+
+// Nested is how many etcd requests carried nested transactions.
+func Nested(e *Etcd) int64 { return e.batches.nested.Load() }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 
+	"github.com/coordproxy/coordproxy/etcdio"
 	"github.com/coordproxy/coordproxy/queue"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -29,7 +30,7 @@ type Claim struct {
 	// the queue's WaitTurn (no older key under the prefix). It selects on
 	// stop itself and returns queue.ErrKeyGone once Key is gone.
 	Wait func(ctx context.Context, stop <-chan struct{}, q *queue.Queue) error
-	// Blockers, if set, is the prefix of the keys the post-wait check
+	// Blockers, if set, is the prefix (under Prefix(Name)) of the keys the post-wait check
 	// counts: the turn has come if fewer than Allowed of them were created
 	// before Key. Without Blockers the check only confirms that Key is
 	// still there: WaitTurn's answer cannot be taken back.
@@ -105,26 +106,23 @@ func (g *Granter) await(ctx context.Context, c *Claim) (*pb.ResponseHeader, erro
 }
 
 // confirm is the post-wait check: one linearizable read of c's key and, with
-// Blockers, of the blockers created before it.
+// Blockers, of the blockers created before it. It is a transaction so that
+// checks ready at once share etcd requests (etcdio.SendTxn).
 func (g *Granter) confirm(ctx context.Context, c *Claim) (hdr *pb.ResponseHeader, came bool, err error) {
 	ctx, cancel := g.etcd.WithStop(ctx)
 	defer cancel()
+	t := etcdio.Txn{Then: []clientv3.Op{clientv3.OpGet(c.Key, clientv3.WithKeysOnly())}, Prefix: c.Key}
+	if c.Blockers != "" {
+		t.Then = append(t.Then, clientv3.OpGet(c.Blockers, clientv3.WithPrefix(), clientv3.WithKeysOnly(),
+			clientv3.WithMaxCreateRev(c.Rev-1), clientv3.WithLimit(c.Allowed)))
+		t.Prefix = Prefix(c.Name)
+	}
 	var own []*mvccpb.KeyValue
 	came = true
-	if c.Blockers == "" {
-		var resp *clientv3.GetResponse
-		if resp, err = g.etcd.For(ctx).Get(ctx, c.Key, clientv3.WithKeysOnly()); err == nil {
-			hdr, own = resp.Header, resp.Kvs
-		}
-	} else {
-		var resp *clientv3.TxnResponse
-		resp, err = g.etcd.For(ctx).Txn(ctx).Then(
-			clientv3.OpGet(c.Key, clientv3.WithKeysOnly()),
-			clientv3.OpGet(c.Blockers, clientv3.WithPrefix(), clientv3.WithKeysOnly(),
-				clientv3.WithMaxCreateRev(c.Rev-1), clientv3.WithLimit(c.Allowed)),
-		).Commit()
-		if err == nil {
-			hdr, own = resp.Header, resp.Responses[0].GetResponseRange().Kvs
+	resp, err := g.etcd.SendTxn(ctx, t)
+	if err == nil {
+		hdr, own = resp.Header, resp.Responses[0].GetResponseRange().Kvs
+		if c.Blockers != "" {
 			came = int64(len(resp.Responses[1].GetResponseRange().Kvs)) < c.Allowed
 		}
 	}

@@ -48,6 +48,10 @@ type Config struct {
 	// As many workers send the requests waiting calls make before they wait
 	// (etcdio.Config.Workers).
 	MaxEtcdRequests int
+	// EtcdBatching is how the proxy's transactions share etcd requests
+	// (group commit; etcdio.Batching). The zero value batches what queued
+	// while an earlier request was in flight.
+	EtcdBatching etcdio.Batching
 	// QueueLinger keeps a name's etcd watch this long after its last waiter
 	// or observer left, so that alternating callers share it.
 	QueueLinger time.Duration

@@ -160,6 +160,7 @@ func (s *Server) connectEtcd(ctx context.Context) (err error) {
 		Username:       s.cfg.EtcdUsername,
 		Password:       s.cfg.EtcdPassword,
 		Namespace:      s.cfg.Namespace,
+		Batching:       s.cfg.EtcdBatching,
 		Registry:       s.cfg.Registry,
 		Logger:         s.log,
 	})

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coordproxy/coordproxy/etcdio"
+
 	"github.com/coordproxy/coordproxy/proxy"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -43,9 +45,17 @@ func StartEtcd(t testing.TB) *proxy.EmbeddedEtcd {
 // StartProxy starts a coordproxy in front of endpoints, listening on
 // 127.0.0.1:0 and logging as Logger says; other fields of cfg left zero take
 // proxy.DefaultConfig's.
+//
+// Unless cfg says etcdio.BatchOff, its transactions go to etcd nested even alone
+// (etcdio.BatchAlways), so that the conformance, mixed-fleet and fencing
+// tests meet etcd's nested-transaction semantics on every path; the
+// binaries' default (batching only what queued) runs in e2e and coordbench.
 func StartProxy(t testing.TB, endpoints []string, cfg proxy.Config) *proxy.Server {
 	t.Helper()
 	cfg.Endpoints = endpoints
+	if cfg.EtcdBatching == etcdio.BatchConcurrent {
+		cfg.EtcdBatching = etcdio.BatchAlways
+	}
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:0"
 	}
