@@ -19,24 +19,35 @@ import (
 // new goroutine per request would not do: its first stack comes from the
 // same pool as the handlers' and leaves theirs scattered over half-empty
 // stack spans.) docs/benchmarks.md, "10 000 waiters", has the figures.
+//
+// The idle workers are taken last in, first out, so that a light load keeps
+// to the few whose stacks have already grown (a garbage collection shrinks an
+// idle goroutine's stack, and a channel's receivers would take jobs in turn,
+// each regrowing its own).
 type workers struct {
-	jobs    chan func()
+	free chan struct{} // a token per idle worker
+	mu   sync.Mutex
+	idle []chan func() // the idle workers' job channels, most recent last
+
 	stop    chan struct{}
 	stopped sync.Once
 }
 
 func newWorkers(n int) *workers {
-	w := &workers{jobs: make(chan func()), stop: make(chan struct{})}
+	w := &workers{free: make(chan struct{}, n), stop: make(chan struct{})}
 	for range n {
-		go w.run()
+		job := make(chan func())
+		w.idle = append(w.idle, job)
+		w.free <- struct{}{}
+		go w.run(job)
 	}
 	return w
 }
 
-func (w *workers) run() {
+func (w *workers) run(job chan func()) {
 	for {
 		select {
-		case f := <-w.jobs:
+		case f := <-job:
 			f()
 		case <-w.stop:
 			return
@@ -50,15 +61,30 @@ func (w *workers) run() {
 // goroutine instead, so that the request meets the same fate it would
 // without workers.
 func (w *workers) do(queue context.Context, f func()) {
-	done := make(chan struct{})
 	select {
-	case w.jobs <- func() { f(); close(done) }:
-		<-done
+	case <-w.free:
 	case <-queue.Done():
 		f()
+		return
+	case <-w.stop:
+		f()
+		return
+	}
+	w.mu.Lock()
+	job := w.idle[len(w.idle)-1]
+	w.idle = w.idle[:len(w.idle)-1]
+	w.mu.Unlock()
+	done := make(chan struct{})
+	select {
+	case job <- func() { f(); close(done) }:
+		<-done
 	case <-w.stop:
 		f()
 	}
+	w.mu.Lock()
+	w.idle = append(w.idle, job)
+	w.mu.Unlock()
+	w.free <- struct{}{}
 }
 
 // close stops the workers once their current jobs are done.

@@ -8,6 +8,7 @@ import (
 	"github.com/coordproxy/coordproxy/grant"
 	"github.com/coordproxy/coordproxy/queue"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 // Config is everything a Server needs; cmd/coordproxy fills it from flags and
@@ -36,7 +37,9 @@ type Config struct {
 	Pprof bool
 	// Logger receives the proxy's logs; nil discards them.
 	Logger *slog.Logger
-	// Registry receives the proxy's metrics; nil makes a private one.
+	// Registry receives the proxy's metrics; nil makes a private one with
+	// the Go runtime's and the process's metrics too (go_*, process_*, as
+	// etcd serves them).
 	Registry *prometheus.Registry
 	// ObserveBuffer is how many leader changes an Observe stream may fall
 	// behind before it is ended with ResourceExhausted.
@@ -112,6 +115,7 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Registry == nil {
 		c.Registry = prometheus.NewRegistry()
+		c.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	if c.Listen == "" {
 		c.Listen = d.Listen

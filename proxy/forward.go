@@ -16,14 +16,12 @@ import (
 // of abandoned waiters, the shared watches) never carry them.
 var forwardedMetadata = []string{rpctypes.MetadataRequireLeaderKey, rpctypes.TokenFieldNameGRPC}
 
+// forwardContext reads only the keys it forwards (metadata.FromIncomingContext
+// would copy all of the call's metadata, on every call).
 func forwardContext(ctx context.Context) context.Context {
-	md, ok := metadata.FromIncomingContext(ctx)
-	if !ok {
-		return ctx
-	}
 	var kv []string
 	for _, k := range forwardedMetadata {
-		if v := md.Get(k); len(v) > 0 {
+		if v := metadata.ValueFromIncomingContext(ctx, k); len(v) > 0 {
 			kv = append(kv, k, v[0])
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -189,6 +190,12 @@ func (s *Server) newGRPC() error {
 		// waiting call parks with (see rpcStats).
 		grpc.UnaryInterceptor(s.edgeUnary),
 		grpc.StreamInterceptor(s.edgeStream),
+		// Calls run on a few long-lived goroutines whose stacks stay grown,
+		// instead of a new one per call that regrows its stack every time
+		// (12 % of the proxy's CPU uncontended; docs/benchmarks.md). A call
+		// that finds no idle worker, such as a parked waiter's, gets a
+		// goroutine of its own as before.
+		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 	)
 	g, e, ns := s.granter, s.access, s.cfg.Namespace
 	v3lockpb.RegisterLockServer(s.grpc, lockproxy.New(g))

@@ -26,10 +26,11 @@ import (
 type costSnapshot struct {
 	etcdCPU, proxyCPU   float64 // seconds of user+system time; -1 unknown
 	requests, watchMsgs float64 // etcd's unary requests started, watch messages sent; -1 unknown
+	proxyAllocs         float64 // heap objects the proxy allocated (go_memstats_mallocs_total); -1 unknown
 }
 
 func (b *bench) costNow(ctx context.Context) costSnapshot {
-	s := costSnapshot{etcdCPU: -1, proxyCPU: -1, requests: -1, watchMsgs: -1}
+	s := costSnapshot{etcdCPU: -1, proxyCPU: -1, requests: -1, watchMsgs: -1, proxyAllocs: -1}
 	if b.etcd != nil {
 		if v, err := b.etcd.cpu(); err == nil {
 			s.etcdCPU = v
@@ -38,16 +39,22 @@ func (b *bench) costNow(ctx context.Context) costSnapshot {
 	if v, err := b.proxy.cpu(); err == nil {
 		s.proxyCPU = v
 	}
-	if fams, err := etcdMetrics(ctx, b.etcdURL); err == nil {
+	if fams, err := readMetrics(ctx, "http://"+b.proxy.addr); err == nil {
+		if _, ok := fams["go_memstats_mallocs_total"]; ok {
+			s.proxyAllocs = sumMetric(fams, "go_memstats_mallocs_total", nil)
+		}
+	}
+	if fams, err := readMetrics(ctx, b.etcdURL); err == nil {
 		s.requests = sumMetric(fams, "grpc_server_started_total", map[string]string{"grpc_type": "unary"})
 		s.watchMsgs = sumMetric(fams, "grpc_server_msg_sent_total", map[string]string{"grpc_service": "etcdserverpb.Watch"})
 	}
 	return s
 }
 
-// addCost puts the window's cost per op into r.Extra. The proxy's CPU is
-// reported for the proxy target only: on the native one it measures the
-// idle proxy.
+// addCost puts the window's cost per op into r.Extra. The proxy's CPU and
+// allocations are reported for the proxy target only: on the native one
+// they measure the idle proxy. Allocations per op move least of all from
+// run to run: what the hot path costs the proxy, apart from the machine.
 func addCost(r *result, before, after costSnapshot) {
 	if r.Count == 0 {
 		return
@@ -61,6 +68,9 @@ func addCost(r *result, before, after costSnapshot) {
 	}
 	if r.Target == "coordproxy" && before.proxyCPU >= 0 && after.proxyCPU >= 0 {
 		r.Extra["proxy_cpu_us_per_op"] = round1(per(before.proxyCPU, after.proxyCPU) * 1e6)
+	}
+	if r.Target == "coordproxy" && before.proxyAllocs >= 0 && after.proxyAllocs >= 0 {
+		r.Extra["proxy_allocs_per_op"] = round1(per(before.proxyAllocs, after.proxyAllocs))
 	}
 	if before.requests >= 0 && after.requests >= 0 {
 		r.Extra["etcd_requests_per_op"] = round2(per(before.requests, after.requests))
@@ -80,11 +90,11 @@ func (c *child) cpu() (float64, error) {
 	return st.CPUTime(), nil
 }
 
-// etcdMetrics reads etcd's /metrics.
-func etcdMetrics(ctx context.Context, etcdURL string) (map[string]*dto.MetricFamily, error) {
+// readMetrics reads the /metrics of etcd or the proxy at base.
+func readMetrics(ctx context.Context, base string) (map[string]*dto.MetricFamily, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(etcdURL, "/")+"/metrics", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(base, "/")+"/metrics", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -128,7 +138,7 @@ series:
 // etcdMetric reads one gauge or counter from etcd's /metrics, summed over
 // its series.
 func etcdMetric(ctx context.Context, etcdURL, name string) (float64, error) {
-	fams, err := etcdMetrics(ctx, etcdURL)
+	fams, err := readMetrics(ctx, etcdURL)
 	if err != nil {
 		return 0, err
 	}

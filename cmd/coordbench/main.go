@@ -378,16 +378,16 @@ func show(v any) string {
 
 // printCostTable prints what each scenario cost per op, native / proxy.
 func printCostTable(w io.Writer, results []result) {
-	fmt.Fprintln(w, "| scenario | etcd CPU µs/op etcd / coordproxy | coordproxy CPU µs/op | etcd requests/op etcd / coordproxy | etcd watch msgs/op etcd / coordproxy |")
-	fmt.Fprintln(w, "|---|---|---|---|---|")
+	fmt.Fprintln(w, "| scenario | etcd CPU µs/op etcd / coordproxy | coordproxy CPU µs/op | coordproxy allocs/op | etcd requests/op etcd / coordproxy | etcd watch msgs/op etcd / coordproxy |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|")
 	order, by := byScenario(results)
 	pair := func(n, p result, k string) string {
 		return show(n.Extra[k]) + " / " + show(p.Extra[k])
 	}
 	for _, s := range order {
 		n, p := by[s]["etcd"], by[s]["coordproxy"]
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", s, pair(n, p, "etcd_cpu_us_per_op"), show(p.Extra["proxy_cpu_us_per_op"]),
-			pair(n, p, "etcd_requests_per_op"), pair(n, p, "etcd_watch_msgs_per_op"))
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", s, pair(n, p, "etcd_cpu_us_per_op"), show(p.Extra["proxy_cpu_us_per_op"]),
+			show(p.Extra["proxy_allocs_per_op"]), pair(n, p, "etcd_requests_per_op"), pair(n, p, "etcd_watch_msgs_per_op"))
 	}
 }
 

@@ -63,8 +63,10 @@ func TestCoordbench_runsEveryScenarioAgainstBoth(t *testing.T) {
 				t.Errorf("%s on %s: no %s (%v)", r.Scenario, r.Target, k, r.Extra)
 			}
 		}
-		if _, ok := r.Extra["proxy_cpu_us_per_op"]; ok != (r.Target == "coordproxy") {
-			t.Errorf("%s on %s: proxy CPU reported %v", r.Scenario, r.Target, ok)
+		for _, k := range []string{"proxy_cpu_us_per_op", "proxy_allocs_per_op"} {
+			if _, ok := r.Extra[k]; ok != (r.Target == "coordproxy") {
+				t.Errorf("%s on %s: %s reported %v", r.Scenario, r.Target, k, ok)
+			}
 		}
 		if r.Target != "coordproxy" {
 			// etcd's own Lock+Unlock is two requests (Lock, Unlock) and no
