@@ -51,7 +51,7 @@ func (m *Mutex) Unlock(ctx context.Context) error {
 	if m.held == nil {
 		return errNotHeld
 	}
-	if _, err := m.locks.Unlock(ctx, &coordproxyv1.UnlockRequest{Key: m.held.Key}); err != nil {
+	if _, err := m.locks.Unlock(ctx, &coordproxyv1.UnlockRequest{Key: m.held.Key, FencingToken: m.held.FencingToken}); err != nil {
 		return fromWire(err)
 	}
 	m.held = nil

@@ -45,7 +45,7 @@ func (m *RWMutex) Unlock(ctx context.Context) error {
 	if m.held == nil {
 		return errNotHeld
 	}
-	if _, err := m.rw.Unlock(ctx, &coordproxyv1.UnlockRequest{Key: m.held.Key}); err != nil {
+	if _, err := m.rw.Unlock(ctx, &coordproxyv1.UnlockRequest{Key: m.held.Key, FencingToken: m.held.FencingToken}); err != nil {
 		return fromWire(err)
 	}
 	m.held = nil

@@ -39,7 +39,7 @@ func (m *Semaphore) Release(ctx context.Context) error {
 	if m.held == nil {
 		return errNotHeld
 	}
-	if _, err := m.sems.Release(ctx, &coordproxyv1.ReleaseRequest{Key: m.held.Key}); err != nil {
+	if _, err := m.sems.Release(ctx, &coordproxyv1.ReleaseRequest{Key: m.held.Key, FencingToken: m.held.FencingToken}); err != nil {
 		return fromWire(err)
 	}
 	m.held = nil

@@ -23,6 +23,10 @@ var (
 	ErrLeaseMissing = status.Error(codes.InvalidArgument,
 		`"lease" field must be provided: grant a lease and keep it alive while holding or waiting`)
 
+	// ErrBadFencingToken: a release's fencing token is a create revision
+	// (> 0), or 0 for none.
+	ErrBadFencingToken = status.Error(codes.InvalidArgument, `"fencing_token" must be a fencing token (> 0) or 0`)
+
 	// ErrKeyMissing: a release of coordproxy's API without a key.
 	ErrKeyMissing = status.Error(codes.InvalidArgument, `"key" field must be provided`)
 )

@@ -7,7 +7,6 @@ import (
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
 )
 
@@ -16,23 +15,24 @@ import (
 // that is attached to that lease, in one transaction, and refuses anything
 // else with InvalidArgument. A key that is already gone is success, as in etcd.
 func (s *Server) Unlock(ctx context.Context, req *v3lockpb.UnlockRequest) (*v3lockpb.UnlockResponse, error) {
-	hdr, err := s.unlock(ctx, string(req.Key))
+	hdr, err := s.unlock(ctx, string(req.Key), 0)
 	if err != nil {
 		return nil, err
 	}
 	return &v3lockpb.UnlockResponse{Header: hdr}, nil
 }
 
-// Unlock deletes an ownership key, as the compatible Unlock does.
+// Unlock deletes an ownership key, as the compatible Unlock does; with a
+// fencing token, only that acquisition of it (grant.Granter.Release).
 func (l *Locks) Unlock(ctx context.Context, req *coordproxyv1.UnlockRequest) (*coordproxyv1.UnlockResponse, error) {
-	hdr, err := l.unlock(ctx, string(req.Key))
+	hdr, err := l.unlock(ctx, string(req.Key), req.FencingToken)
 	if err != nil {
 		return nil, err
 	}
 	return &coordproxyv1.UnlockResponse{Header: grant.Header(hdr)}, nil
 }
 
-func (l *locks) unlock(ctx context.Context, key string) (*pb.ResponseHeader, error) {
+func (l *locks) unlock(ctx context.Context, key string, token int64) (*pb.ResponseHeader, error) {
 	if key == "" {
 		return nil, rpctypes.ErrEmptyKey // etcd's answer to an empty key
 	}
@@ -40,5 +40,5 @@ func (l *locks) unlock(ctx context.Context, key string) (*pb.ResponseHeader, err
 	if !ok {
 		return nil, errNotOwnerKey
 	}
-	return l.g.Release(ctx, key, clientv3.Compare(clientv3.LeaseValue(key), "=", lease), errNotOwnerKey)
+	return l.g.Release(ctx, key, lease, token, errNotOwnerKey)
 }

@@ -307,6 +307,18 @@ var scenarios = []scenario{
 		r.resign("resign2", c.Leader)
 		r.keys("after")
 	}},
+	{"resign-retried-after-campaign-again-keeps-the-newer-leader", func(r *run) {
+		// The same lease campaigns again after resigning: the same key, a
+		// newer revision. A late retry of the first Resign compares the
+		// create revision and leaves the newer leadership.
+		l := r.grant(30)
+		first := r.campaign("campaign1", r.name("e"), l, "v1")
+		r.resign("resign1", first.Leader)
+		r.campaign("campaign2", r.name("e"), l, "v2")
+		r.resign("resign1-retried", first.Leader)
+		r.leader("leader", r.name("e"))
+		r.keys("after")
+	}},
 	{"leader-none", func(r *run) {
 		r.leader("leader", r.name("hello"))
 	}},

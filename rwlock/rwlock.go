@@ -126,8 +126,8 @@ func readerWait(key string, rev int64, blockers string) func(ctx context.Context
 }
 
 // Unlock deletes a reader's or writer's key: only a key of the recipe's form
-// that is attached to a lease, since anything else is someone's data. A key
-// already gone is success.
+// that is attached to a lease, since anything else is someone's data (with a
+// fencing token, only that acquisition). A key already gone is success.
 func (s *Service) Unlock(ctx context.Context, req *coordproxyv1.UnlockRequest) (*coordproxyv1.UnlockResponse, error) {
 	key := string(req.Key)
 	if key == "" {
@@ -136,7 +136,7 @@ func (s *Service) Unlock(ctx context.Context, req *coordproxyv1.UnlockRequest) (
 	if !isRWLockKey(key) {
 		return nil, errNotRWLockKey
 	}
-	hdr, err := s.g.Release(ctx, key, clientv3.Compare(clientv3.LeaseValue(key), ">", 0), errNotRWLockKey)
+	hdr, err := s.g.Release(ctx, key, 0, req.FencingToken, errNotRWLockKey)
 	if err != nil {
 		return nil, err
 	}

@@ -99,7 +99,8 @@ func (s *Service) enqueue(ctx context.Context, name, key string, lease clientv3.
 }
 
 // Release deletes a semaphore key: only one of the form name/hex(lease) that
-// is attached to that lease, as Unlock. A key already gone is success.
+// is attached to that lease, as Unlock (with a fencing token, only that
+// acquisition). A key already gone is success.
 func (s *Service) Release(ctx context.Context, req *coordproxyv1.ReleaseRequest) (*coordproxyv1.ReleaseResponse, error) {
 	key := string(req.Key)
 	if key == "" {
@@ -109,7 +110,7 @@ func (s *Service) Release(ctx context.Context, req *coordproxyv1.ReleaseRequest)
 	if !ok {
 		return nil, errNotSemaphoreKey
 	}
-	hdr, err := s.g.Release(ctx, key, clientv3.Compare(clientv3.LeaseValue(key), "=", lease), errNotSemaphoreKey)
+	hdr, err := s.g.Release(ctx, key, lease, req.FencingToken, errNotSemaphoreKey)
 	if err != nil {
 		return nil, err
 	}

@@ -438,7 +438,13 @@ func (x *LockRequest) GetLease() int64 {
 type UnlockRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// key is the ownership key a Lock, TryLock or etcd Lock returned.
-	Key           []byte `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Key []byte `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// fencing_token, if not 0, is the fencing token of the acquisition to
+	// release: only a key with that create revision is deleted. A retried
+	// release of an earlier acquisition then answers success and leaves a
+	// newer one on the same key (the same lease locking the same name again)
+	// held. 0 deletes the key whatever its acquisition, as etcd's Unlock.
+	FencingToken  int64 `protobuf:"varint,2,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -478,6 +484,13 @@ func (x *UnlockRequest) GetKey() []byte {
 		return x.Key
 	}
 	return nil
+}
+
+func (x *UnlockRequest) GetFencingToken() int64 {
+	if x != nil {
+		return x.FencingToken
+	}
+	return 0
 }
 
 type UnlockResponse struct {
@@ -711,8 +724,10 @@ func (x *AcquireRequest) GetLimit() int64 {
 }
 
 type ReleaseRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Key           []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Key   []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// fencing_token: as UnlockRequest's.
+	FencingToken  int64 `protobuf:"varint,2,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -752,6 +767,13 @@ func (x *ReleaseRequest) GetKey() []byte {
 		return x.Key
 	}
 	return nil
+}
+
+func (x *ReleaseRequest) GetFencingToken() int64 {
+	if x != nil {
+		return x.FencingToken
+	}
+	return 0
 }
 
 type ReleaseResponse struct {
@@ -1141,9 +1163,10 @@ const file_coordproxy_v1_coordproxy_proto_rawDesc = "" +
 	"\x06holder\x18\x01 \x01(\v2\x12.coordproxy.v1.KeyR\x06holder\"7\n" +
 	"\vLockRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\fR\x04name\x12\x14\n" +
-	"\x05lease\x18\x02 \x01(\x03R\x05lease\"!\n" +
+	"\x05lease\x18\x02 \x01(\x03R\x05lease\"F\n" +
 	"\rUnlockRequest\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\fR\x03key\"G\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12#\n" +
+	"\rfencing_token\x18\x02 \x01(\x03R\ffencingToken\"G\n" +
 	"\x0eUnlockResponse\x125\n" +
 	"\x06header\x18\x01 \x01(\v2\x1d.coordproxy.v1.ResponseHeaderR\x06header\";\n" +
 	"\x0fDescribeRequest\x12\x12\n" +
@@ -1157,9 +1180,10 @@ const file_coordproxy_v1_coordproxy_proto_rawDesc = "" +
 	"\x0eAcquireRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\fR\x04name\x12\x14\n" +
 	"\x05lease\x18\x02 \x01(\x03R\x05lease\x12\x14\n" +
-	"\x05limit\x18\x03 \x01(\x03R\x05limit\"\"\n" +
+	"\x05limit\x18\x03 \x01(\x03R\x05limit\"G\n" +
 	"\x0eReleaseRequest\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\fR\x03key\"H\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12#\n" +
+	"\rfencing_token\x18\x02 \x01(\x03R\ffencingToken\"H\n" +
 	"\x0fReleaseResponse\x125\n" +
 	"\x06header\x18\x01 \x01(\v2\x1d.coordproxy.v1.ResponseHeaderR\x06header\"\xd9\x01\n" +
 	"\x14SemaphoreDescription\x125\n" +
