@@ -32,6 +32,12 @@ type Config struct {
 	// sending calls here before they would be refused. It counts within the
 	// shutdown bound.
 	DrainDelay time.Duration
+	// KeepaliveInterval and KeepaliveTimeout are the server's gRPC
+	// keepalive: a connection with nothing received for the interval is
+	// pinged, and closed if the ping is not answered within the timeout. A
+	// session whose client's host vanished or whose process is paused ends
+	// so (etcd's --grpc-keepalive-interval and --grpc-keepalive-timeout).
+	KeepaliveInterval, KeepaliveTimeout time.Duration
 	// Pprof serves net/http/pprof under /debug/pprof/ on the HTTP side of
 	// the port.
 	Pprof bool
@@ -104,6 +110,9 @@ func DefaultConfig() Config {
 		ObserveBuffer:   grant.DefaultObserveBuffer,
 		QueueLinger:     queue.DefaultLinger,
 		HoldCheck:       grant.DefaultHoldCheck,
+
+		KeepaliveInterval: 10 * time.Second,
+		KeepaliveTimeout:  5 * time.Second,
 	}
 }
 
@@ -127,6 +136,7 @@ func (c Config) withDefaults() Config {
 		{&c.DialTimeout, &d.DialTimeout}, {&c.RequestTimeout, &d.RequestTimeout},
 		{&c.ShutdownTimeout, &d.ShutdownTimeout}, {&c.QueueLinger, &d.QueueLinger},
 		{&c.HoldCheck, &d.HoldCheck},
+		{&c.KeepaliveInterval, &d.KeepaliveInterval}, {&c.KeepaliveTimeout, &d.KeepaliveTimeout},
 	} {
 		if *f.v <= 0 {
 			*f.v = *f.def

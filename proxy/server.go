@@ -22,6 +22,7 @@ import (
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	"github.com/coordproxy/coordproxy/rwlock"
 	"github.com/coordproxy/coordproxy/semaphore"
+	"github.com/coordproxy/coordproxy/session"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/soheilhy/cmux"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -75,6 +76,7 @@ var servedServices = []string{
 	"etcdserverpb.KV", "etcdserverpb.Watch", "etcdserverpb.Lease", "etcdserverpb.Maintenance", "etcdserverpb.Auth",
 	coordproxyv1.LockService_ServiceDesc.ServiceName, coordproxyv1.SemaphoreService_ServiceDesc.ServiceName,
 	coordproxyv1.RWLockService_ServiceDesc.ServiceName, coordproxyv1.ElectionService_ServiceDesc.ServiceName,
+	coordproxyv1.SessionService_ServiceDesc.ServiceName,
 }
 
 // New returns a Server for cfg, its zero fields taken from DefaultConfig;
@@ -185,6 +187,10 @@ func (s *Server) newGRPC() error {
 	s.grpc = grpc.NewServer(
 		grpc.MaxRecvMsgSize(maxRequestBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime}),
+		// A client whose host vanished or whose process is paused answers
+		// no ping: its connection, and its sessions with it, end within
+		// interval + timeout.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: s.cfg.KeepaliveInterval, Timeout: s.cfg.KeepaliveTimeout}),
 		grpc.StatsHandler(rpcStats),
 		// One interceptor each: every chained one deepens the stack a
 		// waiting call parks with (see rpcStats).
@@ -209,6 +215,7 @@ func (s *Server) newGRPC() error {
 	coordproxyv1.RegisterSemaphoreServiceServer(s.grpc, semaphore.New(g))
 	coordproxyv1.RegisterRWLockServiceServer(s.grpc, rwlock.New(g))
 	coordproxyv1.RegisterElectionServiceServer(s.grpc, electionproxy.NewElections(g))
+	coordproxyv1.RegisterSessionServiceServer(s.grpc, session.New(g, s.log, session.NewMetrics(s.cfg.Registry)))
 	s.health = health.NewServer()
 	for _, svc := range append([]string{""}, servedServices...) {
 		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)

@@ -23,19 +23,21 @@ import (
 // environment variable COORDPROXY_<envconfig tag> and can be overridden by
 // the flag --<flag tag>.
 type Config struct {
-	Endpoints       string        `envconfig:"ENDPOINTS" flag:"endpoints" desc:"comma-separated etcd client URLs (http://host:port, or all https://); empty starts an embedded etcd (dev mode)"`
-	Listen          string        `envconfig:"LISTEN" flag:"listen" default:"127.0.0.1:23790" desc:"address to serve gRPC on"`
-	DataDir         string        `envconfig:"DATA_DIR" flag:"data-dir" default:"coordproxy.etcd" desc:"data directory of the embedded etcd (dev mode only)"`
-	DialTimeout     time.Duration `envconfig:"DIAL_TIMEOUT" flag:"dial-timeout" default:"5s" desc:"bound for connecting to etcd"`
-	RequestTimeout  time.Duration `envconfig:"REQUEST_TIMEOUT" flag:"request-timeout" default:"5s" desc:"bound for every etcd call the proxy makes on its own (cleanup of abandoned waiters, watch snapshots)"`
-	ShutdownTimeout time.Duration `envconfig:"SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" default:"10s" desc:"bound for the graceful stop on SIGINT/SIGTERM, drain delay included, before it is forced"`
-	DrainDelay      time.Duration `envconfig:"DRAIN_DELAY" flag:"drain-delay" default:"0s" desc:"on SIGINT/SIGTERM, how long to keep serving with /readyz 503 and health NOT_SERVING before refusing new calls; behind a load balancer, more than its health-check interval times its failure threshold; shorter than --shutdown-timeout"`
-	MaxEtcdRequests int           `envconfig:"MAX_ETCD_REQUESTS" flag:"max-etcd-requests" default:"128" desc:"most unary etcd requests in flight at once; more calls wait in the proxy instead of overloading etcd"`
-	Namespace       string        `envconfig:"NAMESPACE" flag:"namespace" desc:"key prefix, ending in /, under which every key the proxy touches lives (locks, elections, KV, watches); keys in responses come back without it"`
-	LogLevel        string        `envconfig:"LOG_LEVEL" flag:"log-level" default:"info" desc:"debug, info, warn or error"`
-	LogFormat       string        `envconfig:"LOG_FORMAT" flag:"log-format" default:"text" desc:"text (key=value) or json, one record a line"`
-	Pprof           bool          `envconfig:"PPROF" flag:"pprof" default:"false" desc:"serve Go's runtime profiles (net/http/pprof) under /debug/pprof/ on the listen port"`
-	AutoGoMemLimit  bool          `envconfig:"AUTO_GOMEMLIMIT" flag:"auto-gomemlimit" default:"true" desc:"unless GOMEMLIMIT is set, set the Go runtime's soft memory limit to 90% of the container's memory limit (cgroup memory.max), if it has one"`
+	Endpoints         string        `envconfig:"ENDPOINTS" flag:"endpoints" desc:"comma-separated etcd client URLs (http://host:port, or all https://); empty starts an embedded etcd (dev mode)"`
+	Listen            string        `envconfig:"LISTEN" flag:"listen" default:"127.0.0.1:23790" desc:"address to serve gRPC on"`
+	DataDir           string        `envconfig:"DATA_DIR" flag:"data-dir" default:"coordproxy.etcd" desc:"data directory of the embedded etcd (dev mode only)"`
+	DialTimeout       time.Duration `envconfig:"DIAL_TIMEOUT" flag:"dial-timeout" default:"5s" desc:"bound for connecting to etcd"`
+	RequestTimeout    time.Duration `envconfig:"REQUEST_TIMEOUT" flag:"request-timeout" default:"5s" desc:"bound for every etcd call the proxy makes on its own (cleanup of abandoned waiters, watch snapshots)"`
+	ShutdownTimeout   time.Duration `envconfig:"SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" default:"10s" desc:"bound for the graceful stop on SIGINT/SIGTERM, drain delay included, before it is forced"`
+	DrainDelay        time.Duration `envconfig:"DRAIN_DELAY" flag:"drain-delay" default:"0s" desc:"on SIGINT/SIGTERM, how long to keep serving with /readyz 503 and health NOT_SERVING before refusing new calls; behind a load balancer, more than its health-check interval times its failure threshold; shorter than --shutdown-timeout"`
+	KeepaliveInterval time.Duration `envconfig:"GRPC_KEEPALIVE_INTERVAL" flag:"grpc-keepalive-interval" default:"10s" desc:"ping a client connection after this long with nothing received from it; with --grpc-keepalive-timeout, how soon a vanished or paused client's sessions end"`
+	KeepaliveTimeout  time.Duration `envconfig:"GRPC_KEEPALIVE_TIMEOUT" flag:"grpc-keepalive-timeout" default:"5s" desc:"close a client connection whose ping is not answered within this long"`
+	MaxEtcdRequests   int           `envconfig:"MAX_ETCD_REQUESTS" flag:"max-etcd-requests" default:"128" desc:"most unary etcd requests in flight at once; more calls wait in the proxy instead of overloading etcd"`
+	Namespace         string        `envconfig:"NAMESPACE" flag:"namespace" desc:"key prefix, ending in /, under which every key the proxy touches lives (locks, elections, KV, watches); keys in responses come back without it"`
+	LogLevel          string        `envconfig:"LOG_LEVEL" flag:"log-level" default:"info" desc:"debug, info, warn or error"`
+	LogFormat         string        `envconfig:"LOG_FORMAT" flag:"log-format" default:"text" desc:"text (key=value) or json, one record a line"`
+	Pprof             bool          `envconfig:"PPROF" flag:"pprof" default:"false" desc:"serve Go's runtime profiles (net/http/pprof) under /debug/pprof/ on the listen port"`
+	AutoGoMemLimit    bool          `envconfig:"AUTO_GOMEMLIMIT" flag:"auto-gomemlimit" default:"true" desc:"unless GOMEMLIMIT is set, set the Go runtime's soft memory limit to 90% of the container's memory limit (cgroup memory.max), if it has one"`
 
 	// Named as in proxy.Config, whose FileError names the field: fileError
 	// finds the flag by that name.
@@ -143,7 +145,8 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"dial-timeout", c.DialTimeout}, {"request-timeout", c.RequestTimeout}, {"shutdown-timeout", c.ShutdownTimeout}} {
+	}{{"dial-timeout", c.DialTimeout}, {"request-timeout", c.RequestTimeout}, {"shutdown-timeout", c.ShutdownTimeout},
+		{"grpc-keepalive-interval", c.KeepaliveInterval}, {"grpc-keepalive-timeout", c.KeepaliveTimeout}} {
 		if d.v <= 0 {
 			return proxy.Config{}, 0, fmt.Errorf("invalid --%s %s: must be positive", d.name, d.v)
 		}
@@ -171,25 +174,27 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 		return proxy.Config{}, 0, err
 	}
 	pc := proxy.Config{
-		Endpoints:       endpoints,
-		Listen:          c.Listen,
-		DataDir:         c.DataDir,
-		DialTimeout:     c.DialTimeout,
-		RequestTimeout:  c.RequestTimeout,
-		ShutdownTimeout: c.ShutdownTimeout,
-		DrainDelay:      c.DrainDelay,
-		Pprof:           c.Pprof,
-		MaxEtcdRequests: c.MaxEtcdRequests,
-		Namespace:       c.Namespace,
-		CertFile:        c.CertFile,
-		KeyFile:         c.KeyFile,
-		TrustedCAFile:   c.TrustedCAFile,
-		ClientCertAuth:  c.ClientCertAuth,
-		EtcdCACert:      c.EtcdCACert,
-		EtcdCert:        c.EtcdCert,
-		EtcdKey:         c.EtcdKey,
-		EtcdUsername:    c.EtcdUsername,
-		EtcdPassword:    password,
+		Endpoints:         endpoints,
+		Listen:            c.Listen,
+		DataDir:           c.DataDir,
+		DialTimeout:       c.DialTimeout,
+		RequestTimeout:    c.RequestTimeout,
+		ShutdownTimeout:   c.ShutdownTimeout,
+		DrainDelay:        c.DrainDelay,
+		KeepaliveInterval: c.KeepaliveInterval,
+		KeepaliveTimeout:  c.KeepaliveTimeout,
+		Pprof:             c.Pprof,
+		MaxEtcdRequests:   c.MaxEtcdRequests,
+		Namespace:         c.Namespace,
+		CertFile:          c.CertFile,
+		KeyFile:           c.KeyFile,
+		TrustedCAFile:     c.TrustedCAFile,
+		ClientCertAuth:    c.ClientCertAuth,
+		EtcdCACert:        c.EtcdCACert,
+		EtcdCert:          c.EtcdCert,
+		EtcdKey:           c.EtcdKey,
+		EtcdUsername:      c.EtcdUsername,
+		EtcdPassword:      password,
 	}
 	// The files are checked by the code that loads them when the proxy
 	// starts, so that what passes here is what is served.

@@ -246,6 +246,8 @@ func TestConfig_defaultsAreProxyDefaults(t *testing.T) {
 		{"request-timeout", got.RequestTimeout, want.RequestTimeout},
 		{"shutdown-timeout", got.ShutdownTimeout, want.ShutdownTimeout},
 		{"drain-delay", got.DrainDelay, want.DrainDelay},
+		{"grpc-keepalive-interval", got.KeepaliveInterval, want.KeepaliveInterval},
+		{"grpc-keepalive-timeout", got.KeepaliveTimeout, want.KeepaliveTimeout},
 		{"max-etcd-requests", got.MaxEtcdRequests, want.MaxEtcdRequests},
 		{"namespace", got.Namespace, want.Namespace},
 	} {

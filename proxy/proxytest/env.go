@@ -37,6 +37,7 @@ type Env struct {
 	Semaphores coordproxyv1.SemaphoreServiceClient
 	RWLocks    coordproxyv1.RWLockServiceClient
 	Elections  coordproxyv1.ElectionServiceClient
+	Sessions   coordproxyv1.SessionServiceClient
 }
 
 // New starts etcd and a proxy in front of it.
@@ -65,6 +66,7 @@ func NewProxyEnv(t testing.TB, etcd *proxy.EmbeddedEtcd, etcdURL string, cfg pro
 		Semaphores: coordproxyv1.NewSemaphoreServiceClient(conn),
 		RWLocks:    coordproxyv1.NewRWLockServiceClient(conn),
 		Elections:  coordproxyv1.NewElectionServiceClient(conn),
+		Sessions:   coordproxyv1.NewSessionServiceClient(conn),
 	}
 }
 

@@ -1134,6 +1134,158 @@ func (x *ObserveResponse) GetRevision() int64 {
 	return 0
 }
 
+// SessionRequest: the first message of a KeepAlive stream opens the session,
+// a later one may only close it.
+type SessionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ttl, in seconds, grants a new lease for the session. Or:
+	Ttl int64 `protobuf:"varint,1,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// lease resumes a session on a lease the caller holds: one a session
+	// granted (through any replica: a proxy that stops releases nothing), or
+	// one granted straight at etcd. Exactly one of ttl and lease is given.
+	Lease int64 `protobuf:"varint,2,opt,name=lease,proto3" json:"lease,omitempty"`
+	// grace_ms is how long after the client went away (the stream ended
+	// without close: cancelled, its connection closed, the server's keepalive
+	// gave up on it) the lease is revoked, unless the session was resumed
+	// meanwhile. Unset: 250 ms. At most the lease's TTL.
+	GraceMs *int64 `protobuf:"varint,3,opt,name=grace_ms,json=graceMs,proto3,oneof" json:"grace_ms,omitempty"`
+	// close revokes the lease now and ends the session (closing the stream
+	// from the client's side does too).
+	Close         bool `protobuf:"varint,4,opt,name=close,proto3" json:"close,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionRequest) Reset() {
+	*x = SessionRequest{}
+	mi := &file_coordproxy_v1_coordproxy_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionRequest) ProtoMessage() {}
+
+func (x *SessionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coordproxy_v1_coordproxy_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionRequest.ProtoReflect.Descriptor instead.
+func (*SessionRequest) Descriptor() ([]byte, []int) {
+	return file_coordproxy_v1_coordproxy_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *SessionRequest) GetTtl() int64 {
+	if x != nil {
+		return x.Ttl
+	}
+	return 0
+}
+
+func (x *SessionRequest) GetLease() int64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
+}
+
+func (x *SessionRequest) GetGraceMs() int64 {
+	if x != nil && x.GraceMs != nil {
+		return *x.GraceMs
+	}
+	return 0
+}
+
+func (x *SessionRequest) GetClose() bool {
+	if x != nil {
+		return x.Close
+	}
+	return false
+}
+
+// SessionResponse: the first one when the session is open, one per refresh
+// of the lease, and the last one when close revoked it.
+type SessionResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Header *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Lease  int64                  `protobuf:"varint,2,opt,name=lease,proto3" json:"lease,omitempty"`
+	// ttl is the seconds the lease has left after this refresh.
+	Ttl int64 `protobuf:"varint,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// closed: the lease is revoked; the stream ends.
+	Closed        bool `protobuf:"varint,4,opt,name=closed,proto3" json:"closed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionResponse) Reset() {
+	*x = SessionResponse{}
+	mi := &file_coordproxy_v1_coordproxy_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionResponse) ProtoMessage() {}
+
+func (x *SessionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coordproxy_v1_coordproxy_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionResponse.ProtoReflect.Descriptor instead.
+func (*SessionResponse) Descriptor() ([]byte, []int) {
+	return file_coordproxy_v1_coordproxy_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *SessionResponse) GetHeader() *ResponseHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *SessionResponse) GetLease() int64 {
+	if x != nil {
+		return x.Lease
+	}
+	return 0
+}
+
+func (x *SessionResponse) GetTtl() int64 {
+	if x != nil {
+		return x.Ttl
+	}
+	return 0
+}
+
+func (x *SessionResponse) GetClosed() bool {
+	if x != nil {
+		return x.Closed
+	}
+	return false
+}
+
 var File_coordproxy_v1_coordproxy_proto protoreflect.FileDescriptor
 
 const file_coordproxy_v1_coordproxy_proto_rawDesc = "" +
@@ -1214,7 +1366,18 @@ const file_coordproxy_v1_coordproxy_proto_rawDesc = "" +
 	"\rEVENT_CURRENT\x10\x01\x12\x11\n" +
 	"\rEVENT_ELECTED\x10\x02\x12\x14\n" +
 	"\x10EVENT_PROCLAIMED\x10\x03\x12\x13\n" +
-	"\x0fEVENT_NO_LEADER\x10\x042\x95\x02\n" +
+	"\x0fEVENT_NO_LEADER\x10\x04\"{\n" +
+	"\x0eSessionRequest\x12\x10\n" +
+	"\x03ttl\x18\x01 \x01(\x03R\x03ttl\x12\x14\n" +
+	"\x05lease\x18\x02 \x01(\x03R\x05lease\x12\x1e\n" +
+	"\bgrace_ms\x18\x03 \x01(\x03H\x00R\agraceMs\x88\x01\x01\x12\x14\n" +
+	"\x05close\x18\x04 \x01(\bR\x05closeB\v\n" +
+	"\t_grace_ms\"\x88\x01\n" +
+	"\x0fSessionResponse\x125\n" +
+	"\x06header\x18\x01 \x01(\v2\x1d.coordproxy.v1.ResponseHeaderR\x06header\x12\x14\n" +
+	"\x05lease\x18\x02 \x01(\x03R\x05lease\x12\x10\n" +
+	"\x03ttl\x18\x03 \x01(\x03R\x03ttl\x12\x16\n" +
+	"\x06closed\x18\x04 \x01(\bR\x06closed2\x95\x02\n" +
 	"\vLockService\x12:\n" +
 	"\aTryLock\x12\x1a.coordproxy.v1.LockRequest\x1a\x13.coordproxy.v1.Held\x127\n" +
 	"\x04Lock\x12\x1a.coordproxy.v1.LockRequest\x1a\x13.coordproxy.v1.Held\x12E\n" +
@@ -1230,7 +1393,9 @@ const file_coordproxy_v1_coordproxy_proto_rawDesc = "" +
 	"\x06Unlock\x12\x1c.coordproxy.v1.UnlockRequest\x1a\x1d.coordproxy.v1.UnlockResponse2\xad\x01\n" +
 	"\x0fElectionService\x12N\n" +
 	"\bDescribe\x12\x1e.coordproxy.v1.DescribeRequest\x1a\".coordproxy.v1.ElectionDescription\x12J\n" +
-	"\aObserve\x12\x1d.coordproxy.v1.ObserveRequest\x1a\x1e.coordproxy.v1.ObserveResponse0\x01BCZAgithub.com/coordproxy/coordproxy/proto/coordproxy/v1;coordproxyv1b\x06proto3"
+	"\aObserve\x12\x1d.coordproxy.v1.ObserveRequest\x1a\x1e.coordproxy.v1.ObserveResponse0\x012`\n" +
+	"\x0eSessionService\x12N\n" +
+	"\tKeepAlive\x12\x1d.coordproxy.v1.SessionRequest\x1a\x1e.coordproxy.v1.SessionResponse(\x010\x01BCZAgithub.com/coordproxy/coordproxy/proto/coordproxy/v1;coordproxyv1b\x06proto3"
 
 var (
 	file_coordproxy_v1_coordproxy_proto_rawDescOnce sync.Once
@@ -1245,7 +1410,7 @@ func file_coordproxy_v1_coordproxy_proto_rawDescGZIP() []byte {
 }
 
 var file_coordproxy_v1_coordproxy_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_coordproxy_v1_coordproxy_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_coordproxy_v1_coordproxy_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_coordproxy_v1_coordproxy_proto_goTypes = []any{
 	(ObserveResponse_Event)(0),   // 0: coordproxy.v1.ObserveResponse.Event
 	(*ResponseHeader)(nil),       // 1: coordproxy.v1.ResponseHeader
@@ -1265,6 +1430,8 @@ var file_coordproxy_v1_coordproxy_proto_goTypes = []any{
 	(*ElectionDescription)(nil),  // 15: coordproxy.v1.ElectionDescription
 	(*ObserveRequest)(nil),       // 16: coordproxy.v1.ObserveRequest
 	(*ObserveResponse)(nil),      // 17: coordproxy.v1.ObserveResponse
+	(*SessionRequest)(nil),       // 18: coordproxy.v1.SessionRequest
+	(*SessionResponse)(nil),      // 19: coordproxy.v1.SessionResponse
 }
 var file_coordproxy_v1_coordproxy_proto_depIdxs = []int32{
 	1,  // 0: coordproxy.v1.Held.header:type_name -> coordproxy.v1.ResponseHeader
@@ -1283,35 +1450,38 @@ var file_coordproxy_v1_coordproxy_proto_depIdxs = []int32{
 	1,  // 13: coordproxy.v1.ObserveResponse.header:type_name -> coordproxy.v1.ResponseHeader
 	0,  // 14: coordproxy.v1.ObserveResponse.event:type_name -> coordproxy.v1.ObserveResponse.Event
 	2,  // 15: coordproxy.v1.ObserveResponse.leader:type_name -> coordproxy.v1.Key
-	5,  // 16: coordproxy.v1.LockService.TryLock:input_type -> coordproxy.v1.LockRequest
-	5,  // 17: coordproxy.v1.LockService.Lock:input_type -> coordproxy.v1.LockRequest
-	6,  // 18: coordproxy.v1.LockService.Unlock:input_type -> coordproxy.v1.UnlockRequest
-	8,  // 19: coordproxy.v1.LockService.Describe:input_type -> coordproxy.v1.DescribeRequest
-	10, // 20: coordproxy.v1.SemaphoreService.Acquire:input_type -> coordproxy.v1.AcquireRequest
-	11, // 21: coordproxy.v1.SemaphoreService.Release:input_type -> coordproxy.v1.ReleaseRequest
-	8,  // 22: coordproxy.v1.SemaphoreService.Describe:input_type -> coordproxy.v1.DescribeRequest
-	14, // 23: coordproxy.v1.RWLockService.RLock:input_type -> coordproxy.v1.RWLockRequest
-	14, // 24: coordproxy.v1.RWLockService.WLock:input_type -> coordproxy.v1.RWLockRequest
-	6,  // 25: coordproxy.v1.RWLockService.Unlock:input_type -> coordproxy.v1.UnlockRequest
-	8,  // 26: coordproxy.v1.ElectionService.Describe:input_type -> coordproxy.v1.DescribeRequest
-	16, // 27: coordproxy.v1.ElectionService.Observe:input_type -> coordproxy.v1.ObserveRequest
-	3,  // 28: coordproxy.v1.LockService.TryLock:output_type -> coordproxy.v1.Held
-	3,  // 29: coordproxy.v1.LockService.Lock:output_type -> coordproxy.v1.Held
-	7,  // 30: coordproxy.v1.LockService.Unlock:output_type -> coordproxy.v1.UnlockResponse
-	9,  // 31: coordproxy.v1.LockService.Describe:output_type -> coordproxy.v1.LockDescription
-	3,  // 32: coordproxy.v1.SemaphoreService.Acquire:output_type -> coordproxy.v1.Held
-	12, // 33: coordproxy.v1.SemaphoreService.Release:output_type -> coordproxy.v1.ReleaseResponse
-	13, // 34: coordproxy.v1.SemaphoreService.Describe:output_type -> coordproxy.v1.SemaphoreDescription
-	3,  // 35: coordproxy.v1.RWLockService.RLock:output_type -> coordproxy.v1.Held
-	3,  // 36: coordproxy.v1.RWLockService.WLock:output_type -> coordproxy.v1.Held
-	7,  // 37: coordproxy.v1.RWLockService.Unlock:output_type -> coordproxy.v1.UnlockResponse
-	15, // 38: coordproxy.v1.ElectionService.Describe:output_type -> coordproxy.v1.ElectionDescription
-	17, // 39: coordproxy.v1.ElectionService.Observe:output_type -> coordproxy.v1.ObserveResponse
-	28, // [28:40] is the sub-list for method output_type
-	16, // [16:28] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	1,  // 16: coordproxy.v1.SessionResponse.header:type_name -> coordproxy.v1.ResponseHeader
+	5,  // 17: coordproxy.v1.LockService.TryLock:input_type -> coordproxy.v1.LockRequest
+	5,  // 18: coordproxy.v1.LockService.Lock:input_type -> coordproxy.v1.LockRequest
+	6,  // 19: coordproxy.v1.LockService.Unlock:input_type -> coordproxy.v1.UnlockRequest
+	8,  // 20: coordproxy.v1.LockService.Describe:input_type -> coordproxy.v1.DescribeRequest
+	10, // 21: coordproxy.v1.SemaphoreService.Acquire:input_type -> coordproxy.v1.AcquireRequest
+	11, // 22: coordproxy.v1.SemaphoreService.Release:input_type -> coordproxy.v1.ReleaseRequest
+	8,  // 23: coordproxy.v1.SemaphoreService.Describe:input_type -> coordproxy.v1.DescribeRequest
+	14, // 24: coordproxy.v1.RWLockService.RLock:input_type -> coordproxy.v1.RWLockRequest
+	14, // 25: coordproxy.v1.RWLockService.WLock:input_type -> coordproxy.v1.RWLockRequest
+	6,  // 26: coordproxy.v1.RWLockService.Unlock:input_type -> coordproxy.v1.UnlockRequest
+	8,  // 27: coordproxy.v1.ElectionService.Describe:input_type -> coordproxy.v1.DescribeRequest
+	16, // 28: coordproxy.v1.ElectionService.Observe:input_type -> coordproxy.v1.ObserveRequest
+	18, // 29: coordproxy.v1.SessionService.KeepAlive:input_type -> coordproxy.v1.SessionRequest
+	3,  // 30: coordproxy.v1.LockService.TryLock:output_type -> coordproxy.v1.Held
+	3,  // 31: coordproxy.v1.LockService.Lock:output_type -> coordproxy.v1.Held
+	7,  // 32: coordproxy.v1.LockService.Unlock:output_type -> coordproxy.v1.UnlockResponse
+	9,  // 33: coordproxy.v1.LockService.Describe:output_type -> coordproxy.v1.LockDescription
+	3,  // 34: coordproxy.v1.SemaphoreService.Acquire:output_type -> coordproxy.v1.Held
+	12, // 35: coordproxy.v1.SemaphoreService.Release:output_type -> coordproxy.v1.ReleaseResponse
+	13, // 36: coordproxy.v1.SemaphoreService.Describe:output_type -> coordproxy.v1.SemaphoreDescription
+	3,  // 37: coordproxy.v1.RWLockService.RLock:output_type -> coordproxy.v1.Held
+	3,  // 38: coordproxy.v1.RWLockService.WLock:output_type -> coordproxy.v1.Held
+	7,  // 39: coordproxy.v1.RWLockService.Unlock:output_type -> coordproxy.v1.UnlockResponse
+	15, // 40: coordproxy.v1.ElectionService.Describe:output_type -> coordproxy.v1.ElectionDescription
+	17, // 41: coordproxy.v1.ElectionService.Observe:output_type -> coordproxy.v1.ObserveResponse
+	19, // 42: coordproxy.v1.SessionService.KeepAlive:output_type -> coordproxy.v1.SessionResponse
+	30, // [30:43] is the sub-list for method output_type
+	17, // [17:30] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_coordproxy_v1_coordproxy_proto_init() }
@@ -1319,15 +1489,16 @@ func file_coordproxy_v1_coordproxy_proto_init() {
 	if File_coordproxy_v1_coordproxy_proto != nil {
 		return
 	}
+	file_coordproxy_v1_coordproxy_proto_msgTypes[17].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coordproxy_v1_coordproxy_proto_rawDesc), len(file_coordproxy_v1_coordproxy_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   17,
+			NumMessages:   19,
 			NumExtensions: 0,
-			NumServices:   4,
+			NumServices:   5,
 		},
 		GoTypes:           file_coordproxy_v1_coordproxy_proto_goTypes,
 		DependencyIndexes: file_coordproxy_v1_coordproxy_proto_depIdxs,
