@@ -16,7 +16,7 @@ import (
 // proxy serves it (the same election as a concurrency.Election of that
 // name), with an Observe that also reports the loss of the leader.
 type Election struct {
-	s      *concurrency.Session
+	s      Leaser
 	elec   epb.ElectionClient
 	ext    coordproxyv1.ElectionServiceClient
 	name   string
@@ -25,7 +25,7 @@ type Election struct {
 }
 
 // NewElection returns an Election on name.
-func NewElection(s *concurrency.Session, name string) *Election {
+func NewElection(s Leaser, name string) *Election {
 	conn := s.Client().ActiveConnection()
 	return &Election{s: s, elec: epb.NewElectionClient(conn), ext: coordproxyv1.NewElectionServiceClient(conn), name: name}
 }

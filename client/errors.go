@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -35,7 +36,8 @@ var etcdErrors = []error{
 }
 
 // fromWire turns a call's error into the client's: concurrency's values
-// where the text is theirs, LockedError for a refused TryLock, else err.
+// where the text is theirs, LockedError for a refused TryLock, etcd's
+// client's errors (rpctypes) for etcd's, else err.
 func fromWire(err error) error {
 	if err == nil {
 		return nil
@@ -56,7 +58,9 @@ func fromWire(err error) error {
 			return fmt.Errorf("%w", e)
 		}
 	}
-	return err
+	// etcd's server errors (rpctypes.ErrLeaseNotFound, …), as etcd's
+	// client gives them.
+	return rpctypes.Error(err)
 }
 
 var errNotHeld = errors.New("client: not held")

@@ -5,13 +5,12 @@ import (
 
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
 // Mutex is a lock on a name, held under the session's lease: etcd's Lock
 // through the proxy, with TryLock, a fencing token and Describe.
 type Mutex struct {
-	s     *concurrency.Session
+	s     Leaser
 	locks coordproxyv1.LockServiceClient
 	name  string
 	held  *coordproxyv1.Held
@@ -19,7 +18,7 @@ type Mutex struct {
 
 // NewMutex returns a Mutex on name (keys name + "/" + hex(lease), as
 // concurrency.NewMutex).
-func NewMutex(s *concurrency.Session, name string) *Mutex {
+func NewMutex(s Leaser, name string) *Mutex {
 	return &Mutex{s: s, locks: coordproxyv1.NewLockServiceClient(s.Client().ActiveConnection()), name: name}
 }
 

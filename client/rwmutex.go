@@ -4,13 +4,12 @@ import (
 	"context"
 
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
-	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
 // RWMutex is a read/write lock with the keys of etcd's
 // experimental/recipes RWMutex on the same prefix.
 type RWMutex struct {
-	s    *concurrency.Session
+	s    Leaser
 	rw   coordproxyv1.RWLockServiceClient
 	name string
 	held *coordproxyv1.Held
@@ -18,7 +17,7 @@ type RWMutex struct {
 
 // NewRWMutex returns an RWMutex on prefix, as recipes.NewRWMutex(s, prefix)
 // (the keys are prefix + "/read/…" and prefix + "/write/…").
-func NewRWMutex(s *concurrency.Session, prefix string) *RWMutex {
+func NewRWMutex(s Leaser, prefix string) *RWMutex {
 	return &RWMutex{s: s, rw: coordproxyv1.NewRWLockServiceClient(s.Client().ActiveConnection()), name: prefix}
 }
 

@@ -5,13 +5,12 @@ import (
 
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
 // Semaphore lets up to limit holders in at once; the others wait first
 // come, first served.
 type Semaphore struct {
-	s     *concurrency.Session
+	s     Leaser
 	sems  coordproxyv1.SemaphoreServiceClient
 	name  string
 	limit int64
@@ -20,7 +19,7 @@ type Semaphore struct {
 
 // NewSemaphore returns a Semaphore on name for limit holders. Every user of
 // a name must give the same limit.
-func NewSemaphore(s *concurrency.Session, name string, limit int64) *Semaphore {
+func NewSemaphore(s Leaser, name string, limit int64) *Semaphore {
 	return &Semaphore{s: s, sems: coordproxyv1.NewSemaphoreServiceClient(s.Client().ActiveConnection()), name: name, limit: limit}
 }
 

@@ -10,9 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/coordproxy/coordproxy/client"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
 	"golang.org/x/term"
 )
@@ -94,8 +94,8 @@ func (c *cliFlags) dial(ctx context.Context) (*clientv3.Client, error) {
 }
 
 // session grants the lease the command holds with, kept alive until Close.
-func (c *cliFlags) session(cli *clientv3.Client) (*concurrency.Session, error) {
-	return concurrency.NewSession(cli, concurrency.WithTTL(c.ttl))
+func (c *cliFlags) session(cli *clientv3.Client) (*client.Session, error) {
+	return client.NewSession(cli, client.WithTTL(int64(c.ttl)))
 }
 
 // parseCLI parses a subcommand's flags; done is true when it printed help

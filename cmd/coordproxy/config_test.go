@@ -3,13 +3,14 @@ package main
 import (
 	"bytes"
 	"fmt"
-	"github.com/coordproxy/coordproxy/proxy"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/coordproxy/coordproxy/proxy"
 
 	"github.com/coordproxy/coordproxy/proxy/proxytest"
 )

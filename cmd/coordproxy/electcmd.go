@@ -21,8 +21,10 @@ const electUsage = `Usage: coordproxy elect [flags] NAME [VALUE]
 
 With VALUE, campaigns through coordproxy to lead the election NAME (the
 election of etcd's Election service, concurrency.Election and etcdctl elect
-of that name) with VALUE, and leads, with a lease kept alive, until SIGINT or
-SIGTERM; then it resigns. Without VALUE it only observes.
+of that name) with VALUE, and leads, with a lease kept alive through a
+coordproxy session, until SIGINT or SIGTERM; then it resigns. Killed, it
+leads no more within a quarter of a second: the proxy revokes the session's
+lease when this process's connection closes. Without VALUE it only observes.
 
 Either way it prints every change of NAME's leadership on stdout, a line
 each: the time, the etcd revision of the change, and what changed:

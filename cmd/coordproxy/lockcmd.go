@@ -15,14 +15,14 @@ import (
 
 	"github.com/coordproxy/coordproxy/client"
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
-	"go.etcd.io/etcd/client/v3/concurrency"
 )
 
 const lockUsage = `Usage: coordproxy lock [flags] NAME [-- CMD ARGS...]
 
 Takes the lock NAME through coordproxy (the lock of etcd's Lock service,
 concurrency.Mutex and etcdctl lock of that name) and holds it, with a lease
-kept alive, while CMD runs. CMD gets the lock in its environment:
+kept alive through a coordproxy session, while CMD runs. CMD gets the lock in
+its environment:
   COORDPROXY_LOCK_KEY        the ownership key
   COORDPROXY_FENCING_TOKEN   the key's create revision: pass it with writes
                              so that a resource can refuse an older holder
@@ -31,7 +31,11 @@ The lock is released when CMD exits, and the exit code is CMD's. SIGINT,
 SIGTERM and SIGHUP are passed on to CMD (SIGINT only when stdin is not a
 terminal: from a terminal, CMD gets Ctrl-C itself). If the lease is lost
 while CMD runs (coordproxy or etcd unreachable for longer than --ttl), CMD
-gets SIGTERM: it no longer holds the lock.
+gets SIGTERM: it no longer holds the lock. If this process is killed, the
+proxy sees its connection close and revokes the lease within a quarter of a
+second: the lock passes on at once, not after --ttl. A replica that stops
+releases nothing; with several in --addr the session resumes through
+another.
 
 Without CMD, prints the key and holds the lock until SIGINT or SIGTERM.
 While waiting, stderr shows who holds the lock and since when.
@@ -151,7 +155,7 @@ func lockCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 }
 
 // runHolding runs command while m is held and returns its exit code.
-func runHolding(command []string, m *client.Mutex, sess *concurrency.Session, sigs chan os.Signal, stdin io.Reader, stdout, stderr io.Writer) int {
+func runHolding(command []string, m *client.Mutex, sess *client.Session, sigs chan os.Signal, stdin io.Reader, stdout, stderr io.Writer) int {
 	cmd := exec.Command(command[0], command[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, stderr
 	cmd.Env = append(os.Environ(),

@@ -1,0 +1,124 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/coordproxy/coordproxy/client"
+	"github.com/coordproxy/coordproxy/proxy"
+	"github.com/coordproxy/coordproxy/proxy/proxytest"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+)
+
+func alive(t *testing.T, env *proxytest.Env, lease clientv3.LeaseID) bool {
+	t.Helper()
+	ttl, err := env.KV.TimeToLive(proxytest.Ctx(t), lease)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ttl.TTL > 0
+}
+
+// A Session's lease holds this client's Mutex, and concurrency's primitives
+// and etcd's own services can use it too; Close revokes it at once.
+func TestSession_holdsLocksAndCloseRevokes(t *testing.T) {
+	env := proxytest.New(t, proxy.Config{})
+	ctx := proxytest.Ctx(t)
+	cli := proxytest.Client(t, env.Proxy.Addr().String())
+	s, err := client.NewSession(cli, client.WithTTL(30))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := client.NewMutex(s, "sess")
+	if err := m.Lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// concurrency's Election on the same lease, through the proxy.
+	cs, err := concurrency.NewSession(cli, concurrency.WithLease(s.Lease()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := concurrency.NewElection(cs, "sess-election")
+	if err := e.Campaign(ctx, "me"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	<-s.Done()
+	if s.Err() != nil {
+		t.Fatalf("Err after Close: %v", s.Err())
+	}
+	if alive(t, env, s.Lease()) {
+		t.Fatal("lease alive after Close")
+	}
+	if keys := env.Keys(t, "sess"); len(keys) != 0 {
+		t.Fatalf("keys after Close: %v", keys)
+	}
+}
+
+// With two replicas behind one client, a replica that stops releases
+// nothing: the session resumes its lease through the other, and the lock
+// stays held.
+func TestSession_resumesThroughAnotherReplica(t *testing.T) {
+	a := proxytest.New(t, proxy.Config{})
+	b := proxytest.NewProxyEnv(t, a.Etcd, a.Etcd.URL, proxy.Config{})
+	ctx := proxytest.Ctx(t)
+	cli := proxytest.Client(t, a.Proxy.Addr().String(), b.Proxy.Addr().String())
+	s, err := client.NewSession(cli, client.WithTTL(30))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	m := client.NewMutex(s, "kept")
+	if err := m.Lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	on, other := a, b
+	if b.Metric(t, "coordproxy_sessions", nil) == 1 {
+		on, other = b, a
+	}
+	if on.Metric(t, "coordproxy_sessions", nil) != 1 {
+		t.Fatal("the session is on neither replica")
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	on.Proxy.Shutdown(sctx)
+	proxytest.WaitFor(t, 30*time.Second, func() (bool, string) {
+		n := other.Metric(t, "coordproxy_sessions", nil)
+		return n == 1, fmt.Sprintf("%v sessions on the other replica", n)
+	})
+	select {
+	case <-s.Done():
+		t.Fatalf("session ended: %v", s.Err())
+	default:
+	}
+	if !alive(t, other, s.Lease()) {
+		t.Fatal("lease gone after its replica stopped")
+	}
+	if keys := other.Keys(t, "kept/"); len(keys) != 1 || string(keys[0].Key) != m.Key() {
+		t.Fatalf("lock after the replica stopped: %v", keys)
+	}
+}
+
+// A session whose lease is revoked elsewhere ends, and says so.
+func TestSession_endsWhenItsLeaseIsRevokedElsewhere(t *testing.T) {
+	env := proxytest.New(t, proxy.Config{})
+	cli := proxytest.Client(t, env.Proxy.Addr().String())
+	s, err := client.NewSession(cli, client.WithTTL(30))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.KV.Revoke(proxytest.Ctx(t), s.Lease()); err != nil {
+		t.Fatal(err)
+	}
+	<-s.Done()
+	if !errors.Is(s.Err(), rpctypes.ErrLeaseNotFound) {
+		t.Fatalf("Err: %v, want %v", s.Err(), rpctypes.ErrLeaseNotFound)
+	}
+}
