@@ -18,6 +18,10 @@ func TestMain(m *testing.M) {
 		// Run as the command of `etcdctl lock` (see etcdctl_test.go).
 		os.Exit(occupyMain(addr))
 	}
+	if kind := os.Getenv(holderEnv); kind != "" {
+		// Run as a holder process (see session_test.go).
+		os.Exit(holderMain(kind))
+	}
 	var err error
 	if binDir, err = os.MkdirTemp("", "coordproxy-e2e-bin"); err != nil {
 		fmt.Fprintln(os.Stderr, err)
