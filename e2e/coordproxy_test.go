@@ -30,14 +30,15 @@ type proxyProc struct {
 	done chan struct{}
 }
 
-// startProxies starts n coordproxy processes in front of every member of c.
-func startProxies(t *testing.T, c *cluster, n int) []*proxyProc {
+// startProxies starts n coordproxy processes in front of every member of c,
+// with extra flags if given.
+func startProxies(t *testing.T, c *cluster, n int, extra ...string) []*proxyProc {
 	t.Helper()
-	return startProxiesTo(t, c.endpoints(), n)
+	return startProxiesTo(t, c.endpoints(), n, extra...)
 }
 
 // startProxiesTo starts n coordproxy processes in front of endpoints.
-func startProxiesTo(t *testing.T, endpoints []string, n int) []*proxyProc {
+func startProxiesTo(t *testing.T, endpoints []string, n int, extra ...string) []*proxyProc {
 	t.Helper()
 	_, bin := mustBinaries(t)
 	var ps []*proxyProc
@@ -52,6 +53,7 @@ func startProxiesTo(t *testing.T, endpoints []string, n int) []*proxyProc {
 			"--shutdown-timeout", "5s",
 			"--log-level", "debug",
 		}
+		p.args = append(p.args, extra...)
 		p.start()
 		ps = append(ps, p)
 	}
@@ -126,6 +128,29 @@ func (p *proxyProc) kill() {
 		return
 	}
 	cmd.Process.Signal(syscall.SIGKILL)
+	<-done
+}
+
+// running tells whether the process has not exited.
+func (p *proxyProc) running() bool {
+	p.mu.Lock()
+	done := p.done
+	p.mu.Unlock()
+	select {
+	case <-done:
+		return false
+	default:
+		return true
+	}
+}
+
+// stop SIGTERMs the process (a graceful stop, with its drain) and waits for
+// it to exit.
+func (p *proxyProc) stop() {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	cmd.Process.Signal(syscall.SIGTERM)
 	<-done
 }
 

@@ -78,8 +78,17 @@ func holderMain(kind string) int {
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
 		if res, ok := strings.CutPrefix(sc.Text(), "write "); ok {
-			wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-			ok, err := fencedWrite(wctx, cli, res, token)
+			// Retried while the connection recovers (a Txn that writes is
+			// not retried by etcd's client); fenced, it is safe to repeat.
+			wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			var err error
+			for {
+				ok, err = fencedWrite(wctx, cli, res, token)
+				if err == nil || wctx.Err() != nil {
+					break
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
 			cancel()
 			switch {
 			case err != nil:
@@ -329,4 +338,139 @@ func TestSessions_aKilledHolderHandsOverAtOnce(t *testing.T) {
 	report["all"] = map[string]any{"trials": len(all), "p50_ms": percentile(all, 0.5).Milliseconds(), "p99_ms": percentile(all, 0.99).Milliseconds(), "max_ms": slices.Max(all).Milliseconds()}
 	t.Logf("SIGKILLed holder → next holder (TTL %d s): %v", sessionTTL, report)
 	writeReport(t, "sessions_killed", report)
+}
+
+// A holder paused (SIGSTOP) past the server's keepalive bound, or cut off
+// from its replica by a partition, loses its session as it would lose its
+// lease: the next holder wins, and the paused one's late fenced write is
+// refused.
+func TestSessions_aPausedOrCutOffHolderLosesItAndItsLateWriteIsRefused(t *testing.T) {
+	c := startCluster(t, 3)
+	ps := startProxies(t, c, 2, "--grpc-keepalive-interval", "1s", "--grpc-keepalive-timeout", "1s")
+	kv := c.client()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	for _, how := range []string{"paused", "cut off"} {
+		t.Run(how, func(t *testing.T) {
+			name := "lost-" + strings.ReplaceAll(how, " ", "-")
+			resource := "resource/" + name
+			var h *holderProc
+			var cut, heal func()
+			if how == "paused" {
+				h = startHolder(t, "lock", name, ps[0].addr, ps[1].addr)
+				cut = func() { h.signal(syscall.SIGSTOP) }
+				heal = func() { h.signal(syscall.SIGCONT) }
+			} else {
+				fp, url := proxytest.FaultProxy(t, "http://"+ps[0].addr)
+				h = startHolder(t, "lock", name, strings.TrimPrefix(url, "http://"))
+				cut = func() { fp.PauseTx(); fp.PauseRx() }
+				heal = func() { fp.UnpauseTx(); fp.UnpauseRx() }
+			}
+			defer heal()
+			got, failed := waiterFor(t, ctx, "lock", name, ps[1].addr)
+			waitKeyCount(t, kv, name+"/", 2)
+			cutAt := time.Now()
+			cut()
+			var token int64
+			select {
+			case token = <-got:
+			case err := <-failed:
+				t.Fatalf("the waiter failed: %v", err)
+			case <-ctx.Done():
+				t.Fatal("the waiter was not granted")
+			}
+			t.Logf("holder %s → next holder in %s (keepalive 1 s + 1 s, grace 250 ms, TTL %d s)", how, time.Since(cutAt).Round(time.Millisecond), sessionTTL)
+			writeReport(t, "sessions_"+strings.ReplaceAll(how, " ", "_"), map[string]any{"ms": time.Since(cutAt).Milliseconds()})
+			if ok, err := fencedWrite(ctx, kv, resource, token); err != nil || !ok {
+				t.Fatalf("the new holder's fenced write: %v, %v", ok, err)
+			}
+			heal() // the process runs again, the partition is over
+			fmt.Fprintln(h.stdin, "write "+resource)
+			select {
+			case l := <-h.lines:
+				if l != "REFUSED" {
+					t.Fatalf("the old holder's late fenced write: %q, want REFUSED", l)
+				}
+			case <-ctx.Done():
+				t.Fatal("the old holder did not answer")
+			}
+			ttl, err := kv.TimeToLive(ctx, clientv3.LeaseID(h.lease))
+			if err != nil || ttl.TTL != -1 {
+				t.Fatalf("the lost holder's lease: %v, %v; want it revoked", ttl, err)
+			}
+		})
+	}
+}
+
+// A replica that is SIGKILLed, or drained (SIGTERM), releases nothing: the
+// holder's session resumes through the other replica with the same lease,
+// its lock stays, no session lease is revoked and none is leaked; and the
+// session still ends the right way when its holder then dies.
+func TestSessions_aReplicaKilledOrDrainedReleasesNothing(t *testing.T) {
+	c := startCluster(t, 3)
+	ps := startProxies(t, c, 2)
+	kv := c.client()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	h := startHolder(t, "lock", "kept", ps[0].addr, ps[1].addr)
+	held, err := kv.Get(ctx, "kept/", clientv3.WithPrefix())
+	if err != nil || len(held.Kvs) != 1 {
+		t.Fatalf("the holder's key: %v, %v", held, err)
+	}
+	serving := func() *proxyProc {
+		for _, p := range ps {
+			if p.running() && proxyMetric(t, p.addr, "coordproxy_sessions", nil) == 1 {
+				return p
+			}
+		}
+		return nil
+	}
+	for _, how := range []string{"SIGKILL", "drain"} {
+		var on *proxyProc
+		waitFor(t, 30*time.Second, "the session on a replica", func() bool { on = serving(); return on != nil })
+		if how == "SIGKILL" {
+			on.kill()
+		} else {
+			on.stop()
+		}
+		waitFor(t, 60*time.Second, "the session resumed on the other replica", func() bool {
+			p := serving()
+			return p != nil && p != on
+		})
+		now, err := kv.Get(ctx, "kept/", clientv3.WithPrefix())
+		if err != nil || len(now.Kvs) != 1 || now.Kvs[0].CreateRevision != held.Kvs[0].CreateRevision {
+			t.Fatalf("after a replica's %s: the lock %v, %v; want the holder's key of revision %d still there", how, now, err, held.Kvs[0].CreateRevision)
+		}
+		ttl, err := kv.TimeToLive(ctx, clientv3.LeaseID(h.lease))
+		if err != nil || ttl.TTL <= 0 {
+			t.Fatalf("after a replica's %s: the holder's lease %v, %v", how, ttl, err)
+		}
+		if n := revokedGone(t, runningOf(ps)); n != 0 {
+			t.Fatalf("after a replica's %s: %v sessions revoked as gone", how, n)
+		}
+		on.start() // back for the next round
+	}
+	// The holder dies now: whichever replica serves it revokes.
+	h.signal(syscall.SIGKILL)
+	waitFor(t, 30*time.Second, "the dead holder's lease revoked", func() bool {
+		ttl, err := kv.TimeToLive(ctx, clientv3.LeaseID(h.lease))
+		return err == nil && ttl.TTL == -1
+	})
+	leases, err := kv.Leases(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(leases.Leases) != 0 {
+		t.Fatalf("leases left in etcd: %v", leases.Leases)
+	}
+}
+
+func runningOf(ps []*proxyProc) []*proxyProc {
+	var out []*proxyProc
+	for _, p := range ps {
+		if p.running() {
+			out = append(out, p)
+		}
+	}
+	return out
 }
