@@ -474,3 +474,44 @@ func runningOf(ps []*proxyProc) []*proxyProc {
 	}
 	return out
 }
+
+// `coordproxy lock NAME -- CMD` holds its lease through a session: SIGKILL
+// of the CLI hands the lock to the next waiter at once.
+func TestSessions_aKilledCLIHandsItsLockOver(t *testing.T) {
+	_, bin := mustBinaries(t)
+	c := startCluster(t, 1)
+	ps := startProxies(t, c, 2)
+	kv := c.client()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var took []time.Duration
+	for i := range 5 {
+		name := fmt.Sprintf("cli-%d", i)
+		cmd := exec.Command(bin, "lock", "--addr", ps[0].addr+","+ps[1].addr, "--ttl", fmt.Sprint(sessionTTL), name, "--", "sleep", "600")
+		var stderr proxytest.LockedBuffer
+		cmd.Stderr = &stderr
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() })
+		waitFor(t, 30*time.Second, "the CLI holding "+name, func() bool { return strings.Contains(stderr.String(), "holding") })
+		got, failed := waiterFor(t, ctx, "lock", name, ps[i%2].addr)
+		waitKeyCount(t, kv, name+"/", 2)
+		killed := time.Now()
+		cmd.Process.Signal(syscall.SIGKILL) // the CLI only: its command lives on
+		select {
+		case <-got:
+		case err := <-failed:
+			t.Fatalf("the waiter failed: %v", err)
+		case <-ctx.Done():
+			t.Fatal("the waiter was not granted")
+		}
+		took = append(took, time.Since(killed))
+	}
+	t.Logf("SIGKILLed `coordproxy lock` → next holder: p50 %s, max %s over %d trials (TTL %d s)", percentile(took, 0.5), slices.Max(took), len(took), sessionTTL)
+	writeReport(t, "sessions_cli_killed", map[string]any{"trials": len(took), "p50_ms": percentile(took, 0.5).Milliseconds(), "max_ms": slices.Max(took).Milliseconds()})
+	if n := revokedGone(t, ps); n != float64(len(took)) {
+		t.Fatalf("%v session leases revoked as gone, want %d", n, len(took))
+	}
+}
