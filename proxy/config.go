@@ -19,6 +19,15 @@ type Config struct {
 	Endpoints []string
 	// Listen is the gRPC address, host:port.
 	Listen string
+	// AdvertiseClientURLs are the URLs Cluster.MemberList lists this
+	// replica with (empty: the listen address, see Server.advertised).
+	AdvertiseClientURLs []string
+	// RegisterMembers registers this replica in etcd (a key under
+	// passthrough.MembersPrefix, in the namespace, on a 10 s lease) so that
+	// MemberList through any replica that does lists them all; without it
+	// MemberList lists this replica alone, as etcd's grpc-proxy without
+	// --resolver-prefix.
+	RegisterMembers bool
 	// DataDir holds the embedded etcd's data in dev mode.
 	DataDir string
 	// DialTimeout bounds connecting to etcd.

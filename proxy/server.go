@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -67,6 +69,10 @@ type Server struct {
 	refusing  chan struct{} // closed when the drain delay is over
 	refuse    sync.Once
 	serveErr  chan error
+
+	self       passthrough.Member // this replica, as MemberList lists it
+	unregister context.CancelFunc // ends the replica's registration
+	registered <-chan struct{}    // closed when it has ended
 }
 
 // Services the proxy serves, by their gRPC names; grpc.health.v1 reports
@@ -74,6 +80,7 @@ type Server struct {
 var servedServices = []string{
 	"v3lockpb.Lock", "v3electionpb.Election",
 	"etcdserverpb.KV", "etcdserverpb.Watch", "etcdserverpb.Lease", "etcdserverpb.Maintenance", "etcdserverpb.Auth",
+	"etcdserverpb.Cluster",
 	coordproxyv1.LockService_ServiceDesc.ServiceName, coordproxyv1.SemaphoreService_ServiceDesc.ServiceName,
 	coordproxyv1.RWLockService_ServiceDesc.ServiceName, coordproxyv1.ElectionService_ServiceDesc.ServiceName,
 	coordproxyv1.SessionService_ServiceDesc.ServiceName,
@@ -211,6 +218,8 @@ func (s *Server) newGRPC() error {
 	pb.RegisterLeaseServer(s.grpc, passthrough.NewLease(e, ns, g.LeaseRevoked))
 	pb.RegisterMaintenanceServer(s.grpc, passthrough.NewMaintenance(e))
 	pb.RegisterAuthServer(s.grpc, passthrough.NewAuth(e))
+	s.self = s.advertised()
+	pb.RegisterClusterServer(s.grpc, passthrough.NewCluster(e, s.self, s.cfg.RegisterMembers))
 	coordproxyv1.RegisterLockServiceServer(s.grpc, lockproxy.NewLocks(g))
 	coordproxyv1.RegisterSemaphoreServiceServer(s.grpc, semaphore.New(g))
 	coordproxyv1.RegisterRWLockServiceServer(s.grpc, rwlock.New(g))
@@ -269,8 +278,39 @@ func (s *Server) serve() {
 	serve("grpc in-process", func() error { return s.grpc.Serve(s.inproc) })
 	serve("http", func() error { return s.http.Serve(httpL) })
 	serve("listener", s.mux.Serve)
-	s.log.Info("serving etcd Lock, Election, KV, Watch, Lease, Maintenance.Status and Auth.Authenticate and coordproxy.v1's services over gRPC and JSON, /healthz, /readyz, /metrics",
-		"listen", s.lis.Addr().String(), "tls", tlsMode(s.serverTLS), "etcd", s.endpoints, "services", strings.Join(servedServices, ","))
+	if s.cfg.RegisterMembers {
+		var rctx context.Context
+		rctx, s.unregister = context.WithCancel(context.Background())
+		s.registered = passthrough.Register(rctx, s.access, s.self, s.log)
+	}
+	s.log.Info("serving etcd Lock, Election, KV, Watch, Lease, Maintenance.Status, Auth.Authenticate and Cluster.MemberList and coordproxy.v1's services over gRPC and JSON, /healthz, /readyz, /metrics",
+		"listen", s.lis.Addr().String(), "advertise_client_urls", strings.Join(s.self.ClientURLs, ","),
+		"tls", tlsMode(s.serverTLS), "etcd", s.endpoints, "services", strings.Join(servedServices, ","))
+}
+
+// advertised is this replica as MemberList lists it: the advertised client
+// URLs, by default the listen address (with this host's name for an
+// unspecified host), named by the first one's host.
+func (s *Server) advertised() passthrough.Member {
+	urls := s.cfg.AdvertiseClientURLs
+	if len(urls) == 0 {
+		host, port, _ := net.SplitHostPort(s.lis.Addr().String())
+		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+			if h, err := os.Hostname(); err == nil {
+				host = h
+			}
+		}
+		scheme := "http"
+		if s.serverTLS != nil {
+			scheme = "https"
+		}
+		urls = []string{scheme + "://" + net.JoinHostPort(host, port)}
+	}
+	name := urls[0]
+	if u, err := url.Parse(urls[0]); err == nil && u.Host != "" {
+		name = u.Host
+	}
+	return passthrough.Member{Name: name, ClientURLs: urls}
 }
 
 // tlsMode is how the port is served, for the start line.

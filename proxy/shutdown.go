@@ -29,6 +29,9 @@ func (s *Server) Shutdown(ctx context.Context) {
 	}
 	s.log.Info("stopping: new calls are refused")
 	s.refuse.Do(func() { close(s.refusing) })
+	if s.unregister != nil {
+		s.unregister() // leaves MemberList (its lease is revoked)
+	}
 	stopped := make(chan struct{})
 	go func() {
 		s.grpc.GracefulStop()
@@ -46,6 +49,12 @@ func (s *Server) Shutdown(ctx context.Context) {
 	// the in-memory listener too, and closeEtcdSide closes the gateway's
 	// connection.
 	s.inproc.Close()
+	if s.registered != nil {
+		select {
+		case <-s.registered:
+		case <-ctx.Done():
+		}
+	}
 	if err := s.http.Shutdown(ctx); err != nil {
 		s.http.Close()
 	}

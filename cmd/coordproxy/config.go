@@ -23,21 +23,23 @@ import (
 // environment variable COORDPROXY_<envconfig tag> and can be overridden by
 // the flag --<flag tag>.
 type Config struct {
-	Endpoints         string        `envconfig:"ENDPOINTS" flag:"endpoints" desc:"comma-separated etcd client URLs (http://host:port, or all https://); empty starts an embedded etcd (dev mode)"`
-	Listen            string        `envconfig:"LISTEN" flag:"listen" default:"127.0.0.1:23790" desc:"address to serve gRPC on"`
-	DataDir           string        `envconfig:"DATA_DIR" flag:"data-dir" default:"coordproxy.etcd" desc:"data directory of the embedded etcd (dev mode only)"`
-	DialTimeout       time.Duration `envconfig:"DIAL_TIMEOUT" flag:"dial-timeout" default:"5s" desc:"bound for connecting to etcd"`
-	RequestTimeout    time.Duration `envconfig:"REQUEST_TIMEOUT" flag:"request-timeout" default:"5s" desc:"bound for every etcd call the proxy makes on its own (cleanup of abandoned waiters, watch snapshots)"`
-	ShutdownTimeout   time.Duration `envconfig:"SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" default:"10s" desc:"bound for the graceful stop on SIGINT/SIGTERM, drain delay included, before it is forced"`
-	DrainDelay        time.Duration `envconfig:"DRAIN_DELAY" flag:"drain-delay" default:"0s" desc:"on SIGINT/SIGTERM, how long to keep serving with /readyz 503 and health NOT_SERVING before refusing new calls; behind a load balancer, more than its health-check interval times its failure threshold; shorter than --shutdown-timeout"`
-	KeepaliveInterval time.Duration `envconfig:"GRPC_KEEPALIVE_INTERVAL" flag:"grpc-keepalive-interval" default:"10s" desc:"ping a client connection after this long with nothing received from it; with --grpc-keepalive-timeout, how soon a vanished or paused client's sessions end"`
-	KeepaliveTimeout  time.Duration `envconfig:"GRPC_KEEPALIVE_TIMEOUT" flag:"grpc-keepalive-timeout" default:"5s" desc:"close a client connection whose ping is not answered within this long"`
-	MaxEtcdRequests   int           `envconfig:"MAX_ETCD_REQUESTS" flag:"max-etcd-requests" default:"128" desc:"most unary etcd requests in flight at once; more calls wait in the proxy instead of overloading etcd"`
-	Namespace         string        `envconfig:"NAMESPACE" flag:"namespace" desc:"key prefix, ending in /, under which every key the proxy touches lives (locks, elections, KV, watches); keys in responses come back without it"`
-	LogLevel          string        `envconfig:"LOG_LEVEL" flag:"log-level" default:"info" desc:"debug, info, warn or error"`
-	LogFormat         string        `envconfig:"LOG_FORMAT" flag:"log-format" default:"text" desc:"text (key=value) or json, one record a line"`
-	Pprof             bool          `envconfig:"PPROF" flag:"pprof" default:"false" desc:"serve Go's runtime profiles (net/http/pprof) under /debug/pprof/ on the listen port"`
-	AutoGoMemLimit    bool          `envconfig:"AUTO_GOMEMLIMIT" flag:"auto-gomemlimit" default:"true" desc:"unless GOMEMLIMIT is set, set the Go runtime's soft memory limit to 90% of the container's memory limit (cgroup memory.max), if it has one"`
+	Endpoints           string        `envconfig:"ENDPOINTS" flag:"endpoints" desc:"comma-separated etcd client URLs (http://host:port, or all https://); empty starts an embedded etcd (dev mode)"`
+	Listen              string        `envconfig:"LISTEN" flag:"listen" default:"127.0.0.1:23790" desc:"address to serve gRPC on"`
+	AdvertiseClientURLs string        `envconfig:"ADVERTISE_CLIENT_URLS" flag:"advertise-client-urls" desc:"comma-separated URLs clients reach this replica at, listed by Cluster.MemberList (etcdctl member list, clients that sync their endpoints); empty: the listen address"`
+	RegisterMembers     bool          `envconfig:"REGISTER_MEMBERS" flag:"register-members" default:"false" desc:"register this replica in etcd (under __coordproxy/members/ on a 10s lease) so that Cluster.MemberList through any registering replica lists them all; without it MemberList lists this replica alone"`
+	DataDir             string        `envconfig:"DATA_DIR" flag:"data-dir" default:"coordproxy.etcd" desc:"data directory of the embedded etcd (dev mode only)"`
+	DialTimeout         time.Duration `envconfig:"DIAL_TIMEOUT" flag:"dial-timeout" default:"5s" desc:"bound for connecting to etcd"`
+	RequestTimeout      time.Duration `envconfig:"REQUEST_TIMEOUT" flag:"request-timeout" default:"5s" desc:"bound for every etcd call the proxy makes on its own (cleanup of abandoned waiters, watch snapshots)"`
+	ShutdownTimeout     time.Duration `envconfig:"SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" default:"10s" desc:"bound for the graceful stop on SIGINT/SIGTERM, drain delay included, before it is forced"`
+	DrainDelay          time.Duration `envconfig:"DRAIN_DELAY" flag:"drain-delay" default:"0s" desc:"on SIGINT/SIGTERM, how long to keep serving with /readyz 503 and health NOT_SERVING before refusing new calls; behind a load balancer, more than its health-check interval times its failure threshold; shorter than --shutdown-timeout"`
+	KeepaliveInterval   time.Duration `envconfig:"GRPC_KEEPALIVE_INTERVAL" flag:"grpc-keepalive-interval" default:"10s" desc:"ping a client connection after this long with nothing received from it; with --grpc-keepalive-timeout, how soon a vanished or paused client's sessions end"`
+	KeepaliveTimeout    time.Duration `envconfig:"GRPC_KEEPALIVE_TIMEOUT" flag:"grpc-keepalive-timeout" default:"5s" desc:"close a client connection whose ping is not answered within this long"`
+	MaxEtcdRequests     int           `envconfig:"MAX_ETCD_REQUESTS" flag:"max-etcd-requests" default:"128" desc:"most unary etcd requests in flight at once; more calls wait in the proxy instead of overloading etcd"`
+	Namespace           string        `envconfig:"NAMESPACE" flag:"namespace" desc:"key prefix, ending in /, under which every key the proxy touches lives (locks, elections, KV, watches); keys in responses come back without it"`
+	LogLevel            string        `envconfig:"LOG_LEVEL" flag:"log-level" default:"info" desc:"debug, info, warn or error"`
+	LogFormat           string        `envconfig:"LOG_FORMAT" flag:"log-format" default:"text" desc:"text (key=value) or json, one record a line"`
+	Pprof               bool          `envconfig:"PPROF" flag:"pprof" default:"false" desc:"serve Go's runtime profiles (net/http/pprof) under /debug/pprof/ on the listen port"`
+	AutoGoMemLimit      bool          `envconfig:"AUTO_GOMEMLIMIT" flag:"auto-gomemlimit" default:"true" desc:"unless GOMEMLIMIT is set, set the Go runtime's soft memory limit to 90% of the container's memory limit (cgroup memory.max), if it has one"`
 
 	// Named as in proxy.Config, whose FileError names the field: fileError
 	// finds the flag by that name.
@@ -142,6 +144,10 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 	if err := checkListen(c.Listen); err != nil {
 		return proxy.Config{}, 0, err
 	}
+	advertise, err := parseAdvertise(c.AdvertiseClientURLs)
+	if err != nil {
+		return proxy.Config{}, 0, err
+	}
 	for _, d := range []struct {
 		name string
 		v    time.Duration
@@ -174,27 +180,29 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 		return proxy.Config{}, 0, err
 	}
 	pc := proxy.Config{
-		Endpoints:         endpoints,
-		Listen:            c.Listen,
-		DataDir:           c.DataDir,
-		DialTimeout:       c.DialTimeout,
-		RequestTimeout:    c.RequestTimeout,
-		ShutdownTimeout:   c.ShutdownTimeout,
-		DrainDelay:        c.DrainDelay,
-		KeepaliveInterval: c.KeepaliveInterval,
-		KeepaliveTimeout:  c.KeepaliveTimeout,
-		Pprof:             c.Pprof,
-		MaxEtcdRequests:   c.MaxEtcdRequests,
-		Namespace:         c.Namespace,
-		CertFile:          c.CertFile,
-		KeyFile:           c.KeyFile,
-		TrustedCAFile:     c.TrustedCAFile,
-		ClientCertAuth:    c.ClientCertAuth,
-		EtcdCACert:        c.EtcdCACert,
-		EtcdCert:          c.EtcdCert,
-		EtcdKey:           c.EtcdKey,
-		EtcdUsername:      c.EtcdUsername,
-		EtcdPassword:      password,
+		Endpoints:           endpoints,
+		Listen:              c.Listen,
+		AdvertiseClientURLs: advertise,
+		RegisterMembers:     c.RegisterMembers,
+		DataDir:             c.DataDir,
+		DialTimeout:         c.DialTimeout,
+		RequestTimeout:      c.RequestTimeout,
+		ShutdownTimeout:     c.ShutdownTimeout,
+		DrainDelay:          c.DrainDelay,
+		KeepaliveInterval:   c.KeepaliveInterval,
+		KeepaliveTimeout:    c.KeepaliveTimeout,
+		Pprof:               c.Pprof,
+		MaxEtcdRequests:     c.MaxEtcdRequests,
+		Namespace:           c.Namespace,
+		CertFile:            c.CertFile,
+		KeyFile:             c.KeyFile,
+		TrustedCAFile:       c.TrustedCAFile,
+		ClientCertAuth:      c.ClientCertAuth,
+		EtcdCACert:          c.EtcdCACert,
+		EtcdCert:            c.EtcdCert,
+		EtcdKey:             c.EtcdKey,
+		EtcdUsername:        c.EtcdUsername,
+		EtcdPassword:        password,
 	}
 	// The files are checked by the code that loads them when the proxy
 	// starts, so that what passes here is what is served.
@@ -338,4 +346,21 @@ func checkHostPort(hp string) error {
 		return fmt.Errorf("port %q is not a number from 0 to 65535", port)
 	}
 	return nil
+}
+
+// parseAdvertise checks --advertise-client-urls: http:// or https:// URLs
+// with a host and port, as etcd's --advertise-client-urls.
+func parseAdvertise(s string) ([]string, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var urls []string
+	for _, raw := range strings.Split(s, ",") {
+		u, err := url.Parse(strings.TrimSpace(raw))
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Port() == "" || u.Hostname() == "" || (u.Path != "" && u.Path != "/") {
+			return nil, fmt.Errorf("invalid --advertise-client-urls %q: want http(s)://host:port[,...]", s)
+		}
+		urls = append(urls, u.Scheme+"://"+u.Host)
+	}
+	return urls, nil
 }
