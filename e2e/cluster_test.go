@@ -50,6 +50,12 @@ type cluster struct {
 func startCluster(t *testing.T, n int) *cluster {
 	t.Helper()
 	bin, _ := mustBinaries(t)
+	return startClusterOf(t, n, bin)
+}
+
+// startClusterOf starts n members of the etcd server at bin.
+func startClusterOf(t *testing.T, n int, bin string) *cluster {
+	t.Helper()
 	c := &cluster{t: t, bin: bin}
 	var initial []string
 	for i := range n {

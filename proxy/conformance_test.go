@@ -397,9 +397,17 @@ var scenarios = []scenario{
 
 // TestConformance runs every scenario against etcd's native Lock, Election
 // and Lease services and through coordproxy, over one real etcd, and requires
-// the same outcomes.
+// the same outcomes: the module's etcd (3.7, embedded), then each of
+// proxytest.EtcdVersions as a server process.
 func TestConformance(t *testing.T) {
-	etcd := proxytest.StartEtcd(t)
+	t.Run("etcd-3.7", func(t *testing.T) { conformance(t, proxytest.StartEtcd(t).URL) })
+	for _, v := range proxytest.EtcdVersions {
+		t.Run("etcd-"+v, func(t *testing.T) { conformance(t, proxytest.StartEtcdProcess(t, v).URL) })
+	}
+}
+
+func conformance(t *testing.T, etcdURL string) {
+	etcd := struct{ URL string }{etcdURL}
 	p := proxytest.StartProxy(t, []string{etcd.URL}, proxy.Config{})
 	kv := proxytest.Client(t, etcd.URL)
 	targets := []target{
