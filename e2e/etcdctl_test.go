@@ -118,6 +118,29 @@ func TestEtcdctl_locksElectsAndReportsThroughTheProxy(t *testing.T) {
 		}
 	})
 
+	t.Run("member list and endpoint status --cluster stay on the proxy", func(t *testing.T) {
+		out, err := etcdctl("member", "list", "-w", "json").CombinedOutput()
+		if err != nil {
+			t.Fatalf("etcdctl member list: %v\n%s", err, out)
+		}
+		var ml struct {
+			Members []struct {
+				ClientURLs []string `json:"clientURLs"`
+			} `json:"members"`
+		}
+		if err := json.Unmarshal(out, &ml); err != nil || len(ml.Members) != 1 || len(ml.Members[0].ClientURLs) != 1 || ml.Members[0].ClientURLs[0] != "http://"+p.addr {
+			t.Fatalf("etcdctl member list -w json: %v\n%s; want the proxy's URL alone", err, out)
+		}
+		out, err = etcdctl("endpoint", "status", "--cluster", "-w", "json").CombinedOutput()
+		if err != nil {
+			t.Fatalf("etcdctl endpoint status --cluster: %v\n%s", err, out)
+		}
+		var st []struct{ Endpoint string }
+		if err := json.Unmarshal(out, &st); err != nil || len(st) != 1 || st[0].Endpoint != "http://"+p.addr {
+			t.Fatalf("etcdctl endpoint status --cluster -w json: %v\n%s", err, out)
+		}
+	})
+
 	t.Run("lock interleaved with the proxy's Lock callers", func(t *testing.T) {
 		const name, rounds, each = "mixed", 5, 3
 		var wg sync.WaitGroup
