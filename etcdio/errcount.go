@@ -25,6 +25,11 @@ func newErrorCounter(reg prometheus.Registerer) *errorCounter {
 		Namespace: "coordproxy", Name: "etcd_errors_total",
 		Help: "Errors from etcd to the proxy's etcd client, by gRPC code, per attempt (retries count again); calls ended by their own context are not counted.",
 	}, []string{"code"})}
+	// The codes of an etcd that cannot be reached or keep up, there from the
+	// start so that rules on them see a 0 before the first error.
+	for _, c := range []codes.Code{codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted} {
+		e.total.WithLabelValues(c.String())
+	}
 	reg.MustRegister(e.total)
 	return e
 }

@@ -61,7 +61,7 @@ func New(etcd *etcdio.Etcd, opts Options) *Granter {
 	if opts.Metrics == nil {
 		opts.Metrics = NewMetrics(nil)
 	}
-	return &Granter{
+	g := &Granter{
 		etcd:          etcd,
 		queues:        queue.NewRegistry(etcd.Own(), opts.Logger, etcd.RequestTimeout(), opts.QueueLinger),
 		observeBuffer: opts.ObserveBuffer,
@@ -71,6 +71,8 @@ func New(etcd *etcdio.Etcd, opts Options) *Granter {
 		holds:         newHolds(etcd, opts.Metrics.Holders, opts.HoldCheck),
 		lease0Seen:    map[string]struct{}{},
 	}
+	opts.Metrics.OldestHold.measure(g.holds.ages)
+	return g
 }
 
 // Etcd is the etcd the Granter reaches: the services send their own

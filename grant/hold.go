@@ -43,6 +43,7 @@ type heldKey struct {
 	rev     int64
 	service string
 	lease   int64
+	since   time.Time // when it was granted
 }
 
 func newHolds(etcd *etcdio.Etcd, gauge *prometheus.GaugeVec, every time.Duration) *holds {
@@ -71,12 +72,27 @@ func (h *holds) add(service, key string, rev int64, lease clientv3.LeaseID) {
 		}
 		h.dropLocked(key, old)
 	}
-	h.keys[key] = heldKey{rev: rev, service: service, lease: int64(lease)}
+	h.keys[key] = heldKey{rev: rev, service: service, lease: int64(lease), since: time.Now()}
 	if h.byLease[int64(lease)] == nil {
 		h.byLease[int64(lease)] = map[string]struct{}{}
 	}
 	h.byLease[int64(lease)][key] = struct{}{}
 	h.gauge.WithLabelValues(service).Inc()
+}
+
+// ages is how long the oldest counted hold of each service has lasted, in
+// seconds.
+func (h *holds) ages() map[string]float64 {
+	now := time.Now()
+	out := map[string]float64{}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, k := range h.keys {
+		if age := now.Sub(k.since).Seconds(); age > out[k.service] {
+			out[k.service] = age
+		}
+	}
+	return out
 }
 
 // gone stops counting key if it is counted with revision rev (any revision

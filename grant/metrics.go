@@ -1,6 +1,10 @@
 package grant
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Services label the gauges by the API whose calls they count.
 const (
@@ -16,6 +20,41 @@ type Metrics struct {
 	Cleanups *prometheus.CounterVec
 	Waiting  *prometheus.GaugeVec
 	Holders  *prometheus.GaugeVec
+	// OldestHold is read at each scrape from the Granter's holds.
+	OldestHold *oldestHold
+}
+
+// services are the label values of the per-service metrics.
+var services = []string{ServiceLock, ServiceElection, ServiceSemaphore, ServiceRWLock}
+
+// oldestHold is coordproxy_oldest_hold_seconds: how long the longest hold
+// this proxy counts in coordproxy_holders has lasted, per service (0 when
+// none), for an alert on a holder that never lets go.
+type oldestHold struct {
+	desc *prometheus.Desc
+	mu   sync.Mutex
+	ages func() map[string]float64
+}
+
+func (o *oldestHold) Describe(ch chan<- *prometheus.Desc) { ch <- o.desc }
+
+func (o *oldestHold) Collect(ch chan<- prometheus.Metric) {
+	o.mu.Lock()
+	ages := o.ages
+	o.mu.Unlock()
+	var got map[string]float64
+	if ages != nil {
+		got = ages()
+	}
+	for _, svc := range services {
+		ch <- prometheus.MustNewConstMetric(o.desc, prometheus.GaugeValue, got[svc], svc)
+	}
+}
+
+func (o *oldestHold) measure(ages func() map[string]float64) {
+	o.mu.Lock()
+	o.ages = ages
+	o.mu.Unlock()
 }
 
 // NewMetrics creates the metrics and registers them with reg, if not nil.
@@ -45,12 +84,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 				"The proxy keeps no etcd watch for them. Grants through other proxies or straight from etcd are not counted.",
 		}, []string{"service"}),
 	}
-	for _, svc := range []string{ServiceLock, ServiceElection, ServiceSemaphore, ServiceRWLock} {
+	m.OldestHold = &oldestHold{desc: prometheus.NewDesc("coordproxy_oldest_hold_seconds",
+		"How long the longest hold this proxy counts in coordproxy_holders has lasted, by service; 0 when it counts none.", []string{"service"}, nil)}
+	for _, svc := range services {
 		m.Waiting.WithLabelValues(svc)
 		m.Holders.WithLabelValues(svc)
 	}
+	for _, result := range []string{"done", "failed"} {
+		m.Cleanups.WithLabelValues(result)
+	}
 	if reg != nil {
-		reg.MustRegister(m.Lease0, m.Cleanups, m.Waiting, m.Holders)
+		reg.MustRegister(m.Lease0, m.Cleanups, m.Waiting, m.Holders, m.OldestHold)
 	}
 	return m
 }

@@ -51,6 +51,7 @@ func newGateway(ctx context.Context, conn *grpc.ClientConn, log *slog.Logger) (h
 		etcdservergw.RegisterLeaseHandler,
 		etcdservergw.RegisterMaintenanceHandler,
 		etcdservergw.RegisterAuthHandler,
+		etcdservergw.RegisterClusterHandler,
 		v3lockgw.RegisterLockHandler,
 		v3electiongw.RegisterElectionHandler,
 		coordproxyv1.RegisterLockServiceHandler,

@@ -250,6 +250,15 @@ func (s *Server) newHTTP(ctx context.Context) (err error) {
 		return err
 	}
 	s.http = &http.Server{Handler: s.httpMux(gateway), ReadHeaderTimeout: 10 * time.Second}
+	s.cfg.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "coordproxy", Name: "ready",
+		Help: "1 when /readyz would answer 200 (etcd answers a read that needs a leader, within 2 s, and the proxy is not draining), else 0; each scrape asks etcd.",
+	}, func() float64 {
+		if s.ready(context.Background()) != nil {
+			return 0
+		}
+		return 1
+	}))
 	return nil
 }
 
