@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -50,6 +52,8 @@ type Config struct {
 	Logger   *slog.Logger
 	// Batching is how transactions share etcd requests (see batch.go).
 	Batching Batching
+	// TracerProvider, if set, traces the etcd requests (trace.go).
+	TracerProvider trace.TracerProvider
 }
 
 // Etcd is every road from the proxy to etcd.
@@ -118,10 +122,10 @@ func Dial(ctx context.Context, cfg Config) (*Etcd, error) {
 		// The limiter comes first, so that only requests that reach etcd
 		// are judged for errors; the counter sees etcd's status before
 		// noLeaderIsFinal turns "no leader" into the client's value.
-		DialOptions: []grpc.DialOption{
+		DialOptions: append([]grpc.DialOption{
 			grpc.WithChainUnaryInterceptor(limiter.unary, noLeaderIsFinal, errs.unary),
 			grpc.WithChainStreamInterceptor(errs.stream),
-		},
+		}, traceDialOptions(cfg.TracerProvider)...),
 	}
 	e := &Etcd{timeout: cfg.RequestTimeout, log: cfg.Logger}
 	if e.own, err = clientv3.New(ccfg); err != nil {

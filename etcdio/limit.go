@@ -4,6 +4,9 @@ import (
 	"context"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/semaphore"
 	"google.golang.org/grpc"
@@ -38,6 +41,9 @@ func newLimiter(n int, reg prometheus.Registerer) *limiter {
 	return l
 }
 
+// The time a request waits for a slot is a child span of the call's,
+// coordproxy.etcd.slot, when the call is traced.
+
 func (l *limiter) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 	queue, timeout, sendBound := SendBound(ctx)
 	if !sendBound {
@@ -45,7 +51,9 @@ func (l *limiter) unary(ctx context.Context, method string, req, reply any, cc *
 	}
 	if !l.sem.TryAcquire(1) {
 		l.queued.Inc()
+		_, span := startSpan(ctx, "coordproxy.etcd.slot", trace.WithAttributes(attribute.String("rpc.method", method)))
 		err := l.sem.Acquire(queue, 1)
+		span.End()
 		l.queued.Dec()
 		if err != nil {
 			// As gRPC words a call whose context ended before it was sent.

@@ -79,12 +79,15 @@ func (g *Granter) await(ctx context.Context, c *Claim) (*pb.ResponseHeader, erro
 		waiting := g.metrics.Waiting.WithLabelValues(c.Service)
 		waiting.Inc()
 		q := g.queues.Join(Prefix(c.Name))
+		// The wait is a child span of a traced call (coordproxy.queue.wait).
+		_, span := etcdio.StartSpan(ctx, "coordproxy.queue.wait")
 		var err error
 		if c.Wait != nil {
 			err = c.Wait(ctx, g.etcd.Stopping(), q)
 		} else {
 			err = q.WaitTurn(ctx, g.etcd.Stopping(), c.Key, c.Rev)
 		}
+		span.End()
 		g.queues.Leave(q)
 		waiting.Dec()
 

@@ -4,6 +4,8 @@ import (
 	"log/slog"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/coordproxy/coordproxy/etcdio"
 	"github.com/coordproxy/coordproxy/grant"
 	"github.com/coordproxy/coordproxy/queue"
@@ -52,6 +54,12 @@ type Config struct {
 	Pprof bool
 	// Logger receives the proxy's logs; nil discards them.
 	Logger *slog.Logger
+	// TracerProvider, if set, traces every call (OpenTelemetry's gRPC
+	// instrumentation, W3C trace context from the caller), the etcd requests
+	// made for it, and its waits in the queue (coordproxy.queue.wait) and
+	// for a slot to etcd (coordproxy.etcd.slot) as child spans. nil: no
+	// tracing, at no cost. cmd/coordproxy sets it from OTEL_EXPORTER_OTLP_*.
+	TracerProvider trace.TracerProvider
 	// Registry receives the proxy's metrics; nil makes a private one with
 	// the Go runtime's and the process's metrics too (go_*, process_*, as
 	// etcd serves them).

@@ -31,6 +31,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -171,6 +172,7 @@ func (s *Server) connectEtcd(ctx context.Context) (err error) {
 		Password:       s.cfg.EtcdPassword,
 		Namespace:      s.cfg.Namespace,
 		Batching:       s.cfg.EtcdBatching,
+		TracerProvider: s.cfg.TracerProvider,
 		Registry:       s.cfg.Registry,
 		Logger:         s.log,
 	})
@@ -191,7 +193,7 @@ func (s *Server) connectEtcd(ctx context.Context) (err error) {
 func (s *Server) newGRPC() error {
 	overrun := newOverrunCheck(s.log, s.cfg.RequestTimeout, s.cfg.Registry)
 	rpcStats := newRPCStats(s.cfg.Registry, overrun)
-	s.grpc = grpc.NewServer(
+	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(maxRequestBytes),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime}),
 		// A client whose host vanished or whose process is paused answers
@@ -209,7 +211,11 @@ func (s *Server) newGRPC() error {
 		// that finds no idle worker, such as a parked waiter's, gets a
 		// goroutine of its own as before.
 		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
-	)
+	}
+	if tp := s.cfg.TracerProvider; tp != nil {
+		opts = append(opts, grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(etcdio.Propagators))))
+	}
+	s.grpc = grpc.NewServer(opts...)
 	g, e, ns := s.granter, s.access, s.cfg.Namespace
 	v3lockpb.RegisterLockServer(s.grpc, lockproxy.New(g))
 	v3electionpb.RegisterElectionServer(s.grpc, electionproxy.New(g))

@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/KimMachineGun/automemlimit/memlimit"
 	"github.com/coordproxy/coordproxy/proxy"
@@ -84,9 +85,31 @@ func (m *Main) Run(ctx context.Context) error {
 	if m.AutoGoMemLimit {
 		setMemoryLimit(m.Config.Logger, memlimit.FromCgroup)
 	}
+	tp, shutdown, err := tracerProvider(ctx)
+	if err != nil {
+		return err
+	}
+	if tp != nil {
+		m.Config.TracerProvider = tp
+		m.Config.Logger.Info("tracing: exporting spans over OTLP", "endpoint", firstNonEmpty(os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"), os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT")))
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			shutdown(sctx) // flushes the spans not yet sent
+		}()
+	}
 	return proxy.New(m.Config).Run(ctx)
 }
 
 func oneLine(err error) string {
 	return strings.Join(strings.Fields(err.Error()), " ")
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
 }
