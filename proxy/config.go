@@ -43,6 +43,10 @@ type Config struct {
 	// sending calls here before they would be refused. It counts within the
 	// shutdown bound.
 	DrainDelay time.Duration
+	// HandshakeTimeout bounds how long a new connection may take to show
+	// its protocol (first bytes, HTTP/2 preface and settings, TLS
+	// handshake, an HTTP/1.1 request's header) before it is closed.
+	HandshakeTimeout time.Duration
 	// KeepaliveInterval and KeepaliveTimeout are the server's gRPC
 	// keepalive: a connection with nothing received for the interval is
 	// pinged, and closed if the ping is not answered within the timeout. A
@@ -128,6 +132,7 @@ func DefaultConfig() Config {
 		QueueLinger:     queue.DefaultLinger,
 		HoldCheck:       grant.DefaultHoldCheck,
 
+		HandshakeTimeout:  10 * time.Second,
 		KeepaliveInterval: 10 * time.Second,
 		KeepaliveTimeout:  5 * time.Second,
 	}
@@ -153,7 +158,7 @@ func (c Config) withDefaults() Config {
 		{&c.DialTimeout, &d.DialTimeout}, {&c.RequestTimeout, &d.RequestTimeout},
 		{&c.ShutdownTimeout, &d.ShutdownTimeout}, {&c.QueueLinger, &d.QueueLinger},
 		{&c.HoldCheck, &d.HoldCheck},
-		{&c.KeepaliveInterval, &d.KeepaliveInterval}, {&c.KeepaliveTimeout, &d.KeepaliveTimeout},
+		{&c.HandshakeTimeout, &d.HandshakeTimeout}, {&c.KeepaliveInterval, &d.KeepaliveInterval}, {&c.KeepaliveTimeout, &d.KeepaliveTimeout},
 	} {
 		if *f.v <= 0 {
 			*f.v = *f.def

@@ -44,6 +44,7 @@ import (
 // more often than every 5 s.
 const (
 	maxRequestBytes   = 1.5*1024*1024 + 512*1024
+	maxHeaderBytes    = 64 << 10 // an HTTP/1.1 request's header
 	keepaliveMinTime  = 5 * time.Second
 	inprocBufferBytes = 1 << 20
 )
@@ -70,6 +71,8 @@ type Server struct {
 	refusing  chan struct{} // closed when the drain delay is over
 	refuse    sync.Once
 	serveErr  chan error
+
+	unstarted prometheus.Counter // connections closed before their protocol started
 
 	self       passthrough.Member // this replica, as MemberList lists it
 	unregister context.CancelFunc // ends the replica's registration
@@ -191,10 +194,16 @@ func (s *Server) connectEtcd(ctx context.Context) (err error) {
 
 // newGRPC builds the gRPC server with every service, health and reflection.
 func (s *Server) newGRPC() error {
+	s.unstarted = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "coordproxy", Name: "connections_unstarted_closed_total",
+		Help: "Connections closed because they had not shown their protocol (first bytes, HTTP/2 preface, TLS handshake) within --handshake-timeout, or showed none the port serves.",
+	})
+	s.cfg.Registry.MustRegister(s.unstarted)
 	overrun := newOverrunCheck(s.log, s.cfg.RequestTimeout, s.cfg.Registry)
 	rpcStats := newRPCStats(s.cfg.Registry, overrun)
 	opts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(maxRequestBytes),
+		grpc.ConnectionTimeout(s.cfg.HandshakeTimeout),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime}),
 		// A client whose host vanished or whose process is paused answers
 		// no ping: its connection, and its sessions with it, end within
@@ -255,7 +264,10 @@ func (s *Server) newHTTP(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	s.http = &http.Server{Handler: s.httpMux(gateway), ReadHeaderTimeout: 10 * time.Second}
+	s.http = &http.Server{Handler: s.httpMux(gateway),
+		// A request's header must arrive within the handshake bound and
+		// be at most 64 KiB; its body within 30 s.
+		ReadHeaderTimeout: s.cfg.HandshakeTimeout, MaxHeaderBytes: maxHeaderBytes, ReadTimeout: 30 * time.Second}
 	s.cfg.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "coordproxy", Name: "ready",
 		Help: "1 when /readyz would answer 200 (etcd answers a read that needs a leader, within 2 s, and the proxy is not draining), else 0; each scrape asks etcd.",
@@ -277,6 +289,18 @@ func (s *Server) serve() {
 		muxLis = tls.NewListener(s.lis, s.serverTLS)
 	}
 	s.mux = cmux.New(muxLis)
+	// A connection that has not shown its protocol (its first bytes, a
+	// whole HTTP/2 preface, the TLS handshake) within the bound is closed,
+	// so that connections that never start cannot pile up; gRPC's own
+	// handshake after the preface has the same bound (ConnectionTimeout).
+	s.mux.SetReadTimeout(s.cfg.HandshakeTimeout)
+	s.mux.HandleError(func(err error) bool {
+		var nm cmux.ErrNotMatched
+		if errors.As(err, &nm) {
+			s.unstarted.Inc()
+		}
+		return true // keep serving
+	})
 	grpcL := s.mux.Match(cmux.HTTP2())
 	httpL := s.mux.Match(cmux.HTTP1Fast())
 	serve := func(name string, f func() error) {

@@ -32,6 +32,7 @@ type Config struct {
 	RequestTimeout      time.Duration `envconfig:"REQUEST_TIMEOUT" flag:"request-timeout" default:"5s" desc:"bound for every etcd call the proxy makes on its own (cleanup of abandoned waiters, watch snapshots)"`
 	ShutdownTimeout     time.Duration `envconfig:"SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" default:"10s" desc:"bound for the graceful stop on SIGINT/SIGTERM, drain delay included, before it is forced"`
 	DrainDelay          time.Duration `envconfig:"DRAIN_DELAY" flag:"drain-delay" default:"0s" desc:"on SIGINT/SIGTERM, how long to keep serving with /readyz 503 and health NOT_SERVING before refusing new calls; behind a load balancer, more than its health-check interval times its failure threshold; shorter than --shutdown-timeout"`
+	HandshakeTimeout    time.Duration `envconfig:"HANDSHAKE_TIMEOUT" flag:"handshake-timeout" default:"10s" desc:"close a new connection that has not shown its protocol (first bytes, HTTP/2 preface, TLS handshake, an HTTP/1.1 request's header) within this long"`
 	KeepaliveInterval   time.Duration `envconfig:"GRPC_KEEPALIVE_INTERVAL" flag:"grpc-keepalive-interval" default:"10s" desc:"ping a client connection after this long with nothing received from it; with --grpc-keepalive-timeout, how soon a vanished or paused client's sessions end"`
 	KeepaliveTimeout    time.Duration `envconfig:"GRPC_KEEPALIVE_TIMEOUT" flag:"grpc-keepalive-timeout" default:"5s" desc:"close a client connection whose ping is not answered within this long"`
 	MaxEtcdRequests     int           `envconfig:"MAX_ETCD_REQUESTS" flag:"max-etcd-requests" default:"128" desc:"most unary etcd requests in flight at once; more calls wait in the proxy instead of overloading etcd"`
@@ -152,7 +153,7 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 		name string
 		v    time.Duration
 	}{{"dial-timeout", c.DialTimeout}, {"request-timeout", c.RequestTimeout}, {"shutdown-timeout", c.ShutdownTimeout},
-		{"grpc-keepalive-interval", c.KeepaliveInterval}, {"grpc-keepalive-timeout", c.KeepaliveTimeout}} {
+		{"handshake-timeout", c.HandshakeTimeout}, {"grpc-keepalive-interval", c.KeepaliveInterval}, {"grpc-keepalive-timeout", c.KeepaliveTimeout}} {
 		if d.v <= 0 {
 			return proxy.Config{}, 0, fmt.Errorf("invalid --%s %s: must be positive", d.name, d.v)
 		}
@@ -189,6 +190,7 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 		RequestTimeout:      c.RequestTimeout,
 		ShutdownTimeout:     c.ShutdownTimeout,
 		DrainDelay:          c.DrainDelay,
+		HandshakeTimeout:    c.HandshakeTimeout,
 		KeepaliveInterval:   c.KeepaliveInterval,
 		KeepaliveTimeout:    c.KeepaliveTimeout,
 		Pprof:               c.Pprof,

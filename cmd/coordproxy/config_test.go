@@ -247,6 +247,7 @@ func TestConfig_defaultsAreProxyDefaults(t *testing.T) {
 		{"request-timeout", got.RequestTimeout, want.RequestTimeout},
 		{"shutdown-timeout", got.ShutdownTimeout, want.ShutdownTimeout},
 		{"drain-delay", got.DrainDelay, want.DrainDelay},
+		{"handshake-timeout", got.HandshakeTimeout, want.HandshakeTimeout},
 		{"grpc-keepalive-interval", got.KeepaliveInterval, want.KeepaliveInterval},
 		{"grpc-keepalive-timeout", got.KeepaliveTimeout, want.KeepaliveTimeout},
 		{"max-etcd-requests", got.MaxEtcdRequests, want.MaxEtcdRequests},
