@@ -14,14 +14,23 @@ import (
 // client's.
 type Auth struct {
 	pb.UnsafeAuthServer
-	etcd *etcdio.Etcd
+	etcd   *etcdio.Etcd
+	issued func(token, user string)
 }
 
-// NewAuth returns the Auth pass-through.
-func NewAuth(etcd *etcdio.Etcd) *Auth { return &Auth{etcd: etcd} }
+// NewAuth returns the Auth pass-through; issued, if not nil, learns the user
+// of every token etcd issues through it (the caller's identity, for the
+// policy).
+func NewAuth(etcd *etcdio.Etcd, issued func(token, user string)) *Auth {
+	return &Auth{etcd: etcd, issued: issued}
+}
 
 func (a *Auth) Authenticate(ctx context.Context, r *pb.AuthenticateRequest) (*pb.AuthenticateResponse, error) {
-	return pb.NewAuthClient(a.etcd.For(ctx).ActiveConnection()).Authenticate(ctx, r)
+	resp, err := pb.NewAuthClient(a.etcd.For(ctx).ActiveConnection()).Authenticate(ctx, r)
+	if err == nil && a.issued != nil {
+		a.issued(resp.Token, r.Name)
+	}
+	return resp, err
 }
 
 func (a *Auth) AuthEnable(context.Context, *pb.AuthEnableRequest) (*pb.AuthEnableResponse, error) {

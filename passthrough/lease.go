@@ -67,7 +67,7 @@ func (l *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 	if err != nil {
 		return etcdio.StopErr(ctx, err)
 	}
-	err = relay(ctx, cancel, stream, up, func(*pb.LeaseKeepAliveRequest) error { return nil }, func(*pb.LeaseKeepAliveResponse) {})
+	err = relay(ctx, cancel, stream, up, func(*pb.LeaseKeepAliveRequest) (*pb.LeaseKeepAliveResponse, bool, error) { return nil, false, nil }, func(*pb.LeaseKeepAliveResponse) {})
 	return etcdio.StopErr(ctx, err)
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"sync"
 )
 
 // downStream is the client's side of a bidirectional stream the proxy
@@ -24,8 +25,16 @@ type upStream[Req, Resp any] interface {
 // prefixes). It ends when either side ends: when the client is done sending,
 // etcd is told so and its end of the stream ends the call; when the client
 // goes away or in refuses a request, cancel ends the etcd stream. Errors from
-// etcd are returned as they are, for the caller to map.
-func relay[Req, Resp any](ctx context.Context, cancel context.CancelFunc, down downStream[Req, Resp], up upStream[Req, Resp], in func(Req) error, out func(Resp)) error {
+// etcd are returned as they are, for the caller to map. A request that in
+// answers itself (replied: a refused watch) goes back to the client as that
+// reply instead of to etcd.
+func relay[Req, Resp any](ctx context.Context, cancel context.CancelFunc, down downStream[Req, Resp], up upStream[Req, Resp], in func(Req) (reply Resp, replied bool, err error), out func(Resp)) error {
+	var sending sync.Mutex // down.Send from both directions
+	sendDown := func(r Resp) error {
+		sending.Lock()
+		defer sending.Unlock()
+		return down.Send(r)
+	}
 	inErr := make(chan error, 1)
 	go func() {
 		for {
@@ -34,12 +43,16 @@ func relay[Req, Resp any](ctx context.Context, cancel context.CancelFunc, down d
 				up.CloseSend()
 				return
 			}
+			var replied bool
 			if err == nil {
-				if err = in(req); err != nil {
+				var reply Resp
+				if reply, replied, err = in(req); err != nil {
 					inErr <- err
+				} else if replied {
+					err = sendDown(reply)
 				}
 			}
-			if err == nil {
+			if err == nil && !replied {
 				err = up.Send(req)
 			}
 			if err != nil {
@@ -61,7 +74,7 @@ func relay[Req, Resp any](ctx context.Context, cancel context.CancelFunc, down d
 			return err
 		}
 		out(resp)
-		if err := down.Send(resp); err != nil {
+		if err := sendDown(resp); err != nil {
 			return err
 		}
 	}

@@ -43,6 +43,10 @@ type Config struct {
 	// sending calls here before they would be refused. It counts within the
 	// shutdown bound.
 	DrainDelay time.Duration
+	// PolicyFile, if set, is the policy (package policy): who may do what
+	// on which names and keys; reloaded when it changes. Empty: everyone may
+	// do everything.
+	PolicyFile string
 	// HandshakeTimeout bounds how long a new connection may take to show
 	// its protocol (first bytes, HTTP/2 preface and settings, TLS
 	// handshake, an HTTP/1.1 request's header) before it is closed.

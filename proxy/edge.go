@@ -20,6 +20,9 @@ func (s *Server) edgeUnary(ctx context.Context, req any, info *grpc.UnaryServerI
 	if s.refused(info.FullMethod) {
 		return nil, rpctypes.ErrGRPCStopped
 	}
+	if err := s.authorize(ctx, info.FullMethod, req); err != nil {
+		return nil, err
+	}
 	resp, err := handler(forwardContext(ctx), req)
 	return resp, wireErr(info.FullMethod, err)
 }
@@ -33,7 +36,30 @@ func (s *Server) edgeStream(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 		w.WrappedContext = ctx
 		ss = w
 	}
+	if s.policy != nil && info.FullMethod != "/etcdserverpb.Watch/Watch" { // watches: per watch (allowWatch)
+		ss = &authorizedStream{ServerStream: ss, s: s, method: info.FullMethod}
+	}
 	return wireErr(info.FullMethod, handler(srv, ss))
+}
+
+// authorizedStream decides a stream by its first request (Observe's name,
+// a lease keep-alive or session: the lease verb).
+type authorizedStream struct {
+	grpc.ServerStream
+	s       *Server
+	method  string
+	decided bool
+}
+
+func (a *authorizedStream) RecvMsg(m any) error {
+	if err := a.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	if !a.decided {
+		a.decided = true
+		return a.s.authorize(a.Context(), a.method, m)
+	}
+	return nil
 }
 
 func (s *Server) refused(method string) bool {

@@ -141,7 +141,34 @@ func (s *Server) ready(ctx context.Context) error {
 	defer cancel()
 	_, err := s.access.Own().Get(ctx, "health")
 	if err != nil && !errors.Is(err, rpctypes.ErrPermissionDenied) {
-		return fmt.Errorf("etcd: %w", err)
+		err = fmt.Errorf("etcd: %w", err)
+	} else {
+		err = nil
 	}
-	return nil
+	s.lastReady.Store(&readiness{at: time.Now(), ok: err == nil})
+	return err
+}
+
+// readiness is the last answer of ready.
+type readiness struct {
+	at time.Time
+	ok bool
+}
+
+// readyFresh is how long coordproxy_ready reuses the last readiness answer
+// (a load balancer's /readyz checks keep it fresh), so that a scrape asks
+// etcd at most that often.
+const readyFresh = 5 * time.Second
+
+// readyGauge is coordproxy_ready.
+func (s *Server) readyGauge() float64 {
+	r := s.lastReady.Load()
+	ok := r != nil && time.Since(r.at) < readyFresh && r.ok && !s.draining.Load()
+	if r == nil || time.Since(r.at) >= readyFresh {
+		ok = s.ready(context.Background()) == nil
+	}
+	if ok {
+		return 1
+	}
+	return 0
 }

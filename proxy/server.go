@@ -21,6 +21,7 @@ import (
 	"github.com/coordproxy/coordproxy/grant"
 	"github.com/coordproxy/coordproxy/lockproxy"
 	"github.com/coordproxy/coordproxy/passthrough"
+	"github.com/coordproxy/coordproxy/policy"
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	"github.com/coordproxy/coordproxy/rwlock"
 	"github.com/coordproxy/coordproxy/semaphore"
@@ -73,6 +74,12 @@ type Server struct {
 	serveErr  chan error
 
 	unstarted prometheus.Counter // connections closed before their protocol started
+
+	policy     *policy.Store // nil: no policy, everything allowed
+	stopPolicy context.CancelFunc
+	ids        identities
+	denied     *prometheus.CounterVec
+	lastReady  atomic.Pointer[readiness]
 
 	self       passthrough.Member // this replica, as MemberList lists it
 	unregister context.CancelFunc // ends the replica's registration
@@ -128,6 +135,14 @@ func (s *Server) Start(ctx context.Context) (err error) {
 			s.lis.Close()
 		}
 	}()
+	if s.cfg.PolicyFile != "" {
+		if s.policy, err = policy.Load(s.cfg.PolicyFile, s.log); err != nil {
+			return err
+		}
+		var pctx context.Context
+		pctx, s.stopPolicy = context.WithCancel(context.Background())
+		go s.policy.Watch(pctx)
+	}
 	if err := s.connectEtcd(ctx); err != nil {
 		return err
 	}
@@ -198,7 +213,14 @@ func (s *Server) newGRPC() error {
 		Namespace: "coordproxy", Name: "connections_unstarted_closed_total",
 		Help: "Connections closed because they had not shown their protocol (first bytes, HTTP/2 preface, TLS handshake) within --handshake-timeout, or showed none the port serves.",
 	})
-	s.cfg.Registry.MustRegister(s.unstarted)
+	s.denied = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "coordproxy", Name: "denied_total",
+		Help: "Calls (and watches) the policy refused, by verb (lock, elect, read, write, lease, admin; unknown for a call no rule can allow).",
+	}, []string{"verb"})
+	for _, v := range []string{"lock", "elect", "read", "write", "lease", "admin", "unknown"} {
+		s.denied.WithLabelValues(v)
+	}
+	s.cfg.Registry.MustRegister(s.unstarted, s.denied)
 	overrun := newOverrunCheck(s.log, s.cfg.RequestTimeout, s.cfg.Registry)
 	rpcStats := newRPCStats(s.cfg.Registry, overrun)
 	opts := []grpc.ServerOption{
@@ -221,6 +243,10 @@ func (s *Server) newGRPC() error {
 		// goroutine of its own as before.
 		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 	}
+	if s.serverTLS != nil {
+		// gRPC sees the client certificate of the port's TLS (identity.go).
+		opts = append(opts, grpc.Creds(newPeerTLS()))
+	}
 	if tp := s.cfg.TracerProvider; tp != nil {
 		opts = append(opts, grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(etcdio.Propagators))))
 	}
@@ -229,10 +255,10 @@ func (s *Server) newGRPC() error {
 	v3lockpb.RegisterLockServer(s.grpc, lockproxy.New(g))
 	v3electionpb.RegisterElectionServer(s.grpc, electionproxy.New(g))
 	pb.RegisterKVServer(s.grpc, passthrough.NewKV(e))
-	pb.RegisterWatchServer(s.grpc, passthrough.NewWatch(e, ns))
+	pb.RegisterWatchServer(s.grpc, passthrough.NewWatch(e, ns, s.allowWatch))
 	pb.RegisterLeaseServer(s.grpc, passthrough.NewLease(e, ns, g.LeaseRevoked))
 	pb.RegisterMaintenanceServer(s.grpc, passthrough.NewMaintenance(e))
-	pb.RegisterAuthServer(s.grpc, passthrough.NewAuth(e))
+	pb.RegisterAuthServer(s.grpc, passthrough.NewAuth(e, s.ids.issued))
 	s.self = s.advertised()
 	pb.RegisterClusterServer(s.grpc, passthrough.NewCluster(e, s.self, s.cfg.RegisterMembers))
 	coordproxyv1.RegisterLockServiceServer(s.grpc, lockproxy.NewLocks(g))
@@ -260,23 +286,24 @@ func (s *Server) newHTTP(ctx context.Context) (err error) {
 	if s.gwConn, err = dialInProcess(s.inproc); err != nil {
 		return err
 	}
-	gateway, err := newGateway(context.WithoutCancel(ctx), s.gwConn, s.log)
+	gw, err := newGateway(context.WithoutCancel(ctx), s.gwConn, s.log)
 	if err != nil {
 		return err
 	}
+	// The gateway's calls carry their HTTP client's identity.
+	gateway := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.ids.httpIdentity(r)
+		gw.ServeHTTP(w, r)
+	})
 	s.http = &http.Server{Handler: s.httpMux(gateway),
 		// A request's header must arrive within the handshake bound and
 		// be at most 64 KiB; its body within 30 s.
-		ReadHeaderTimeout: s.cfg.HandshakeTimeout, MaxHeaderBytes: maxHeaderBytes, ReadTimeout: 30 * time.Second}
+		ReadHeaderTimeout: s.cfg.HandshakeTimeout, MaxHeaderBytes: maxHeaderBytes, ReadTimeout: 30 * time.Second,
+		ConnContext: httpConnContext}
 	s.cfg.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "coordproxy", Name: "ready",
-		Help: "1 when /readyz would answer 200 (etcd answers a read that needs a leader, within 2 s, and the proxy is not draining), else 0; each scrape asks etcd.",
-	}, func() float64 {
-		if s.ready(context.Background()) != nil {
-			return 0
-		}
-		return 1
-	}))
+		Help: "1 when /readyz would answer 200 (etcd answers a read that needs a leader, within 2 s, and the proxy is not draining), else 0: the last /readyz answer if it is less than 5 s old, else asked of etcd at the scrape.",
+	}, s.readyGauge))
 	return nil
 }
 

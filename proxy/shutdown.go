@@ -60,6 +60,9 @@ func (s *Server) Shutdown(ctx context.Context) {
 	}
 	s.mux.Close()
 	s.lis.Close()
+	if s.stopPolicy != nil {
+		s.stopPolicy()
+	}
 	s.closeEtcdSide(ctx)
 	s.log.Info("stopped")
 }

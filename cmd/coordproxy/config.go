@@ -32,6 +32,7 @@ type Config struct {
 	RequestTimeout      time.Duration `envconfig:"REQUEST_TIMEOUT" flag:"request-timeout" default:"5s" desc:"bound for every etcd call the proxy makes on its own (cleanup of abandoned waiters, watch snapshots)"`
 	ShutdownTimeout     time.Duration `envconfig:"SHUTDOWN_TIMEOUT" flag:"shutdown-timeout" default:"10s" desc:"bound for the graceful stop on SIGINT/SIGTERM, drain delay included, before it is forced"`
 	DrainDelay          time.Duration `envconfig:"DRAIN_DELAY" flag:"drain-delay" default:"0s" desc:"on SIGINT/SIGTERM, how long to keep serving with /readyz 503 and health NOT_SERVING before refusing new calls; behind a load balancer, more than its health-check interval times its failure threshold; shorter than --shutdown-timeout"`
+	PolicyFile          string        `envconfig:"POLICY" flag:"policy" desc:"YAML file of rules matching caller identities to name prefixes and verbs (lock, elect, read, write, lease, admin); whatever no rule allows is refused; reloaded when it changes; empty: everyone may do everything"`
 	HandshakeTimeout    time.Duration `envconfig:"HANDSHAKE_TIMEOUT" flag:"handshake-timeout" default:"10s" desc:"close a new connection that has not shown its protocol (first bytes, HTTP/2 preface, TLS handshake, an HTTP/1.1 request's header) within this long"`
 	KeepaliveInterval   time.Duration `envconfig:"GRPC_KEEPALIVE_INTERVAL" flag:"grpc-keepalive-interval" default:"10s" desc:"ping a client connection after this long with nothing received from it; with --grpc-keepalive-timeout, how soon a vanished or paused client's sessions end"`
 	KeepaliveTimeout    time.Duration `envconfig:"GRPC_KEEPALIVE_TIMEOUT" flag:"grpc-keepalive-timeout" default:"5s" desc:"close a client connection whose ping is not answered within this long"`
@@ -190,6 +191,7 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 		RequestTimeout:      c.RequestTimeout,
 		ShutdownTimeout:     c.ShutdownTimeout,
 		DrainDelay:          c.DrainDelay,
+		PolicyFile:          c.PolicyFile,
 		HandshakeTimeout:    c.HandshakeTimeout,
 		KeepaliveInterval:   c.KeepaliveInterval,
 		KeepaliveTimeout:    c.KeepaliveTimeout,

@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
@@ -28,6 +29,8 @@ type PKI struct {
 
 	pool   *x509.CertPool
 	client tls.Certificate
+	ca     *x509.Certificate
+	caKey  *ecdsa.PrivateKey
 }
 
 // NewPKI makes a CA and its certificates.
@@ -54,6 +57,7 @@ func NewPKI(t testing.TB) *PKI {
 		t.Fatal(err)
 	}
 	p.pool.AddCert(ca)
+	p.ca, p.caKey = ca, caKey
 	p.CAFile = writePEM(t, dir, "ca.pem", "CERTIFICATE", caDER)
 
 	issue := func(name string, serial int64, usage ...x509.ExtKeyUsage) (certFile, keyFile string) {
@@ -119,4 +123,29 @@ func writePEM(t testing.TB, dir, name, typ string, der []byte) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// IdentityTLS trusts the CA and presents a new client certificate whose
+// identity is id: a spiffe:// ID as its URI SAN, or else a DNS SAN.
+func (p *PKI) IdentityTLS(t testing.TB, id string) *tls.Config {
+	t.Helper()
+	key := newKey(t)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: "client " + id},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	if u, err := url.Parse(id); err == nil && u.Scheme == "spiffe" {
+		tmpl.URIs = []*url.URL{u}
+	} else {
+		tmpl.DNSNames = []string{id}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, key.Public(), p.caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tls.Config{RootCAs: p.pool, Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
 }

@@ -1,0 +1,193 @@
+// Package policy is who may do what through coordproxy: rules that match
+// caller identities to name prefixes and verbs, read from a YAML file
+// (--policy) and reloaded when it changes. Without a policy every caller may
+// do everything (etcd's own services behave so); with one, whatever no rule
+// allows is refused.
+//
+//	rules:
+//	  - identities: ["spiffe://example.org/ns/billing/*"]   # exact, or a glob (path.Match)
+//	    prefixes: ["billing/"]                             # names and keys starting so
+//	    verbs: [lock, elect, read, write, lease]
+//	  - identities: ["ops-*"]
+//	    prefixes: [""]                                     # everything
+//	    verbs: [read, admin]
+//	leases:
+//	  unrecorded: allow   # leases granted straight at etcd: allow (default) or deny
+//
+// Verbs: lock (Lock, TryLock, semaphores, RW locks, and their releases),
+// elect (Campaign, Proclaim, Resign), read (Leader, Observe, Describe, KV
+// Range and Watch), write (KV Put, DeleteRange, Txn), lease (Grant, Revoke,
+// KeepAlive, TimeToLive, sessions), admin (Maintenance.Status,
+// Cluster.MemberList, KV Compact, the list of all leases).
+package policy
+
+import (
+	"fmt"
+	"path"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Verb is what a call does, as the rules name it.
+type Verb string
+
+const (
+	Lock  Verb = "lock"
+	Elect Verb = "elect"
+	Read  Verb = "read"
+	Write Verb = "write"
+	Lease Verb = "lease"
+	Admin Verb = "admin"
+)
+
+var verbs = map[Verb]bool{Lock: true, Elect: true, Read: true, Write: true, Lease: true, Admin: true}
+
+// Rule allows its identities its verbs on the keys under its prefixes.
+type Rule struct {
+	Identities []string `json:"identities"`
+	Prefixes   []string `json:"prefixes"`
+	Verbs      []Verb   `json:"verbs"`
+}
+
+// file is the YAML file.
+type file struct {
+	Rules  []Rule `json:"rules"`
+	Leases struct {
+		Unrecorded string `json:"unrecorded"`
+	} `json:"leases"`
+}
+
+// Policy is a parsed policy file.
+type Policy struct {
+	rules []Rule
+	// UnrecordedLeases: leases with no owner record (granted straight at
+	// etcd, or before a policy was in force) may be used by anyone allowed
+	// the call.
+	UnrecordedLeases bool
+}
+
+// Parse reads a policy file. An error names the rule (counted from 1) and
+// what is wrong with it, in one line.
+func Parse(data []byte) (*Policy, error) {
+	var f file
+	if err := yaml.UnmarshalStrict(data, &f); err != nil {
+		return nil, fmt.Errorf("%s", strings.Join(strings.Fields(err.Error()), " "))
+	}
+	p := &Policy{rules: f.Rules, UnrecordedLeases: true}
+	switch f.Leases.Unrecorded {
+	case "", "allow":
+	case "deny":
+		p.UnrecordedLeases = false
+	default:
+		return nil, fmt.Errorf("leases.unrecorded %q: want allow or deny", f.Leases.Unrecorded)
+	}
+	for i, r := range f.Rules {
+		switch {
+		case len(r.Identities) == 0:
+			return nil, fmt.Errorf("rule %d: no identities", i+1)
+		case len(r.Prefixes) == 0:
+			return nil, fmt.Errorf("rule %d: no prefixes (\"\" is every key)", i+1)
+		case len(r.Verbs) == 0:
+			return nil, fmt.Errorf("rule %d: no verbs", i+1)
+		}
+		for _, id := range r.Identities {
+			if _, err := path.Match(id, ""); err != nil || id == "" {
+				return nil, fmt.Errorf("rule %d: identity %q is not a name or a glob", i+1, id)
+			}
+		}
+		for _, v := range r.Verbs {
+			if !verbs[v] {
+				return nil, fmt.Errorf("rule %d: unknown verb %q (want lock, elect, read, write, lease or admin)", i+1, v)
+			}
+		}
+	}
+	return p, nil
+}
+
+// Rules is how many rules p has.
+func (p *Policy) Rules() int { return len(p.rules) }
+
+// KeyRange is a key (End empty) or the keys [Key, End), as etcd's ranges
+// are given; End "\x00" is every key from Key on.
+type KeyRange struct{ Key, End string }
+
+// Key is the one key k.
+func Key(k string) KeyRange { return KeyRange{Key: k} }
+
+// Name is the keys of a lock's, semaphore's or election's name: its prefix
+// name + "/".
+func Name(name string) KeyRange {
+	return KeyRange{Key: name + "/", End: PrefixEnd(name + "/")}
+}
+
+// PrefixEnd is the end of the range of keys that start with p ("\x00": to
+// the end), as etcd's clientv3.GetPrefixRangeEnd.
+func PrefixEnd(p string) string {
+	b := []byte(p)
+	for i := len(b) - 1; i >= 0; i-- {
+		if b[i] < 0xff {
+			b[i]++
+			return string(b[:i+1])
+		}
+	}
+	return "\x00"
+}
+
+// within tells whether every key of r starts with prefix.
+func (r KeyRange) within(prefix string) bool {
+	if !strings.HasPrefix(r.Key, prefix) {
+		return false
+	}
+	if r.End == "" || prefix == "" {
+		return true
+	}
+	end := PrefixEnd(prefix)
+	return r.End != "\x00" && (end == "\x00" || r.End <= end)
+}
+
+// Allows tells whether identity may do verb on every one of ranges (none:
+// a call that names no key, such as LeaseGrant), under one rule or several.
+func (p *Policy) Allows(identity string, verb Verb, ranges ...KeyRange) bool {
+	var prefixes []string
+	for _, r := range p.rules {
+		if !r.matches(identity) || !r.has(verb) {
+			continue
+		}
+		prefixes = append(prefixes, r.Prefixes...)
+	}
+	if len(prefixes) == 0 {
+		return false
+	}
+next:
+	for _, kr := range ranges {
+		for _, pfx := range prefixes {
+			if kr.within(pfx) {
+				continue next
+			}
+		}
+		return false
+	}
+	return true
+}
+
+func (r Rule) matches(identity string) bool {
+	for _, id := range r.Identities {
+		if id == identity {
+			return true
+		}
+		if ok, _ := path.Match(id, identity); ok {
+			return true
+		}
+	}
+	return false
+}
+
+func (r Rule) has(v Verb) bool {
+	for _, rv := range r.Verbs {
+		if rv == v {
+			return true
+		}
+	}
+	return false
+}
