@@ -25,6 +25,9 @@ func (g *Granter) Lease(ctx context.Context, rpc, name string, id int64) (client
 	var resp *clientv3.LeaseGrantResponse
 	var err error
 	g.etcd.BeforeWait(ctx, func() { resp, err = g.etcd.For(ctx).Grant(ctx, Lease0TTL) })
+	if err == nil {
+		err = g.etcd.LeaseGranted(ctx, resp.ID)
+	}
 	if err != nil {
 		return 0, err
 	}

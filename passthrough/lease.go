@@ -6,6 +6,7 @@ import (
 
 	"github.com/coordproxy/coordproxy/etcdio"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // leaseServer passes etcd's Lease service through unchanged, so that a
@@ -26,7 +27,14 @@ func NewLease(etcd *etcdio.Etcd, ns string, revoked func(lease int64)) *Lease {
 }
 
 func (l *Lease) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
-	return l.lc(ctx).LeaseGrant(ctx, r)
+	resp, err := l.lc(ctx).LeaseGrant(ctx, r)
+	if err == nil && resp.Error == "" {
+		err = l.etcd.LeaseGranted(ctx, clientv3.LeaseID(resp.ID))
+	}
+	if err != nil {
+		return nil, err
+	}
+	return resp, nil
 }
 
 func (l *Lease) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {

@@ -27,7 +27,8 @@ type upStream[Req, Resp any] interface {
 // goes away or in refuses a request, cancel ends the etcd stream. Errors from
 // etcd are returned as they are, for the caller to map. A request that in
 // answers itself (replied: a refused watch) goes back to the client as that
-// reply instead of to etcd.
+// reply instead of to etcd. An error receiving from the client (the
+// client went away, or the policy refused its request) ends the call.
 func relay[Req, Resp any](ctx context.Context, cancel context.CancelFunc, down downStream[Req, Resp], up upStream[Req, Resp], in func(Req) (reply Resp, replied bool, err error), out func(Resp)) error {
 	var sending sync.Mutex // down.Send from both directions
 	sendDown := func(r Resp) error {
@@ -44,7 +45,9 @@ func relay[Req, Resp any](ctx context.Context, cancel context.CancelFunc, down d
 				return
 			}
 			var replied bool
-			if err == nil {
+			if err != nil {
+				inErr <- err // the client's side failed or refused (the policy)
+			} else {
 				var reply Resp
 				if reply, replied, err = in(req); err != nil {
 					inErr <- err

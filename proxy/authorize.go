@@ -123,6 +123,26 @@ func (s *Server) authorize(ctx context.Context, method string, req any) error {
 	if verb == "" || !p.Allows(id, verb, ranges...) {
 		return s.deny(ctx, id, method, verb, ranges)
 	}
+	lease := leaseOf(req)
+	if u, ok := req.(*coordproxyv1.UnlockRequest); ok && lease == 0 && len(u.Key) > 0 {
+		// An RW lock's key names no lease: read it.
+		resp, err := s.access.Own().Get(ctx, string(u.Key))
+		if err != nil {
+			return err
+		}
+		if len(resp.Kvs) > 0 {
+			lease = resp.Kvs[0].Lease
+		}
+	}
+	if lease != 0 {
+		ok, err := s.mayUse(ctx, p, id, lease)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return s.deny(ctx, id, method, policy.Lease, []policy.KeyRange{policy.Key(fmt.Sprintf("lease %x", lease))})
+		}
+	}
 	return nil
 }
 

@@ -55,7 +55,8 @@ func (a *authorizedStream) RecvMsg(m any) error {
 	if err := a.ServerStream.RecvMsg(m); err != nil {
 		return err
 	}
-	if !a.decided {
+	// A lease keep-alive stream names a lease in every request.
+	if !a.decided || a.method == "/etcdserverpb.Lease/LeaseKeepAlive" {
 		a.decided = true
 		return a.s.authorize(a.Context(), a.method, m)
 	}

@@ -31,6 +31,8 @@ import (
 )
 
 const twoTenants = `
+leases:
+  unrecorded: deny
 rules:
   - identities: ["spiffe://test/a"]
     prefixes: ["a/", "shared/"]
@@ -193,6 +195,55 @@ func TestPolicy_twoTenantsThroughTwoReplicas(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "call refused by the policy") || !strings.Contains(logs.String(), "identity=spiffe://test/b") {
 		t.Errorf("refusals not logged with the identity: %s", tail(logs.String(), 2000))
+	}
+
+	// A's lease is A's, on every replica, even where B may lock.
+	_, err = b.kv.Revoke(ctx, la.ID)
+	denied(t, "B Revoke A's lease", err)
+	_, err = b.kv.TimeToLive(ctx, la.ID)
+	denied(t, "B TimeToLive of A's lease", err)
+	ka, err := pb.NewLeaseClient(b.conn).LeaseKeepAlive(ctx)
+	if err == nil {
+		ka.Send(&pb.LeaseKeepAliveRequest{ID: int64(la.ID)})
+		_, err = ka.Recv()
+	}
+	denied(t, "B KeepAlive of A's lease", err)
+	_, err = b.lock.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("shared/l"), Lease: int64(la.ID)})
+	denied(t, "B Lock shared/l on A's lease", err)
+	sharedLed, err := a.elec.Campaign(ctx, &v3electionpb.CampaignRequest{Name: []byte("shared/e"), Lease: int64(la.ID), Value: []byte("a")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.elec.Proclaim(ctx, &v3electionpb.ProclaimRequest{Leader: sharedLed.Leader, Value: []byte("b")})
+	denied(t, "B Proclaim for A on a shared name", err)
+	_, err = b.elec.Resign(ctx, &v3electionpb.ResignRequest{Leader: sharedLed.Leader})
+	denied(t, "B Resign for A on a shared name", err)
+	st, err := coordproxyv1.NewSessionServiceClient(b.conn).KeepAlive(ctx)
+	if err == nil {
+		st.Send(&coordproxyv1.SessionRequest{Lease: int64(la.ID)})
+		_, err = st.Recv()
+	}
+	denied(t, "B resuming a session on A's lease", err)
+	// A lease granted straight at etcd has no owner: leases.unrecorded: deny.
+	bare, err := root.Grant(ctx, 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.lock.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("b/x"), Lease: int64(bare.ID)})
+	denied(t, "B Lock on an unrecorded lease", err)
+	if _, err := root.Revoke(ctx, bare.ID); err != nil {
+		t.Fatal(err)
+	}
+	// A may use its lease through the other replica too.
+	a2 := newTenant(t, b.addr, a.tls)
+	if _, err := a2.kv.TimeToLive(ctx, la.ID); err != nil {
+		t.Fatalf("A's TimeToLive of its lease through the other replica: %v", err)
+	}
+	if _, err := a2.elec.Resign(ctx, &v3electionpb.ResignRequest{Leader: sharedLed.Leader}); err != nil {
+		t.Fatalf("A resigning through the other replica: %v", err)
+	}
+	if after := snapshot(t, root); after != before {
+		t.Errorf("B's refused calls on A's lease changed etcd:\nbefore %s\nafter  %s", before, after)
 	}
 
 	// B's own prefix works, and the shared one excludes both ways.

@@ -80,6 +80,7 @@ type Server struct {
 	ids        identities
 	denied     *prometheus.CounterVec
 	lastReady  atomic.Pointer[readiness]
+	owners     leaseOwners
 
 	self       passthrough.Member // this replica, as MemberList lists it
 	unregister context.CancelFunc // ends the replica's registration
@@ -197,6 +198,7 @@ func (s *Server) connectEtcd(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	s.access.OnLeaseGranted(s.recordLease) // owner records, under a policy (leases.go)
 	s.granter = grant.New(s.access, grant.Options{
 		ObserveBuffer: s.cfg.ObserveBuffer,
 		QueueLinger:   s.cfg.QueueLinger,

@@ -179,6 +179,9 @@ func (s *Service) open(ctx context.Context, first *coordproxyv1.SessionRequest) 
 			return nil, nil, errGrace
 		}
 		g, err := cli.Grant(ctx, first.Ttl)
+		if err == nil {
+			err = s.etcd.LeaseGranted(ctx, g.ID)
+		}
 		if err != nil {
 			return nil, nil, err
 		}
