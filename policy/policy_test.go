@@ -109,3 +109,32 @@ func TestStore_reloadsAndKeepsTheLastGoodPolicy(t *testing.T) {
 		t.Fatal("a nil Store has a policy")
 	}
 }
+
+// The policies the docs show parse.
+func TestPolicy_theDocsExamplesParse(t *testing.T) {
+	for file, section := range map[string]string{"../README.md": "## Who may do what", "../docs/deploy.md": "## Policies"} {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		doc := string(b)
+		i := strings.Index(doc, section)
+		if i < 0 {
+			t.Fatalf("%s has no %q", file, section)
+		}
+		doc = doc[i+len(section):]
+		if j := strings.Index(doc, "\n## "); j >= 0 {
+			doc = doc[:j]
+		}
+		blocks := strings.Split(doc, "```yaml\n")[1:]
+		if len(blocks) == 0 {
+			t.Fatalf("%s %s shows no policy", file, section)
+		}
+		for n, blk := range blocks {
+			yml, _, _ := strings.Cut(blk, "```")
+			if _, err := policy.Parse([]byte(yml)); err != nil {
+				t.Errorf("%s %s, example %d: %v", file, section, n+1, err)
+			}
+		}
+	}
+}
