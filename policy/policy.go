@@ -149,21 +149,26 @@ func (r KeyRange) within(prefix string) bool {
 // Allows tells whether identity may do verb on every one of ranges (none:
 // a call that names no key, such as LeaseGrant), under one rule or several.
 func (p *Policy) Allows(identity string, verb Verb, ranges ...KeyRange) bool {
-	var prefixes []string
+	any := false
 	for _, r := range p.rules {
-		if !r.matches(identity) || !r.has(verb) {
-			continue
+		if r.has(verb) && r.matches(identity) {
+			any = true
+			break
 		}
-		prefixes = append(prefixes, r.Prefixes...)
 	}
-	if len(prefixes) == 0 {
+	if !any {
 		return false
 	}
 next:
 	for _, kr := range ranges {
-		for _, pfx := range prefixes {
-			if kr.within(pfx) {
-				continue next
+		for _, r := range p.rules {
+			if !r.has(verb) || !r.matches(identity) {
+				continue
+			}
+			for _, pfx := range r.Prefixes {
+				if kr.within(pfx) {
+					continue next
+				}
 			}
 		}
 		return false

@@ -29,17 +29,17 @@ type costSnapshot struct {
 	proxyAllocs         float64 // heap objects the proxy allocated (go_memstats_mallocs_total); -1 unknown
 }
 
-func (b *bench) costNow(ctx context.Context) costSnapshot {
+func (b *bench) costNow(ctx context.Context, proxy *child) costSnapshot {
 	s := costSnapshot{etcdCPU: -1, proxyCPU: -1, requests: -1, watchMsgs: -1, proxyAllocs: -1}
 	if b.etcd != nil {
 		if v, err := b.etcd.cpu(); err == nil {
 			s.etcdCPU = v
 		}
 	}
-	if v, err := b.proxy.cpu(); err == nil {
+	if v, err := proxy.cpu(); err == nil {
 		s.proxyCPU = v
 	}
-	if fams, err := readMetrics(ctx, "http://"+b.proxy.addr); err == nil {
+	if fams, err := readMetrics(ctx, "http://"+proxy.addr); err == nil {
 		if _, ok := fams["go_memstats_mallocs_total"]; ok {
 			s.proxyAllocs = sumMetric(fams, "go_memstats_mallocs_total", nil)
 		}
@@ -66,10 +66,10 @@ func addCost(r *result, before, after costSnapshot) {
 	if before.etcdCPU >= 0 && after.etcdCPU >= 0 {
 		r.Extra["etcd_cpu_us_per_op"] = round1(per(before.etcdCPU, after.etcdCPU) * 1e6)
 	}
-	if r.Target == "coordproxy" && before.proxyCPU >= 0 && after.proxyCPU >= 0 {
+	if r.Target != "etcd" && before.proxyCPU >= 0 && after.proxyCPU >= 0 {
 		r.Extra["proxy_cpu_us_per_op"] = round1(per(before.proxyCPU, after.proxyCPU) * 1e6)
 	}
-	if r.Target == "coordproxy" && before.proxyAllocs >= 0 && after.proxyAllocs >= 0 {
+	if r.Target != "etcd" && before.proxyAllocs >= 0 && after.proxyAllocs >= 0 {
 		r.Extra["proxy_allocs_per_op"] = round1(per(before.proxyAllocs, after.proxyAllocs))
 	}
 	if before.requests >= 0 && after.requests >= 0 {

@@ -89,6 +89,7 @@ type bench struct {
 	heapProfile    string // where the waiters scenario saves the proxy's heap profile
 	etcdURL        string
 	etcd, proxy    *child
+	policed        *child // with -policy: a second proxy with a policy in force
 	progressOut    io.Writer
 	seq            atomic.Int64
 	runID          string
@@ -156,6 +157,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		proxyEnv = append(proxyEnv, v)
 		return nil
 	})
+	withPolicy := fs.Bool("policy", false, "also run the timed scenarios through a second proxy with a policy in force that allows them (target coordproxy+policy), to compare what the policy costs allowed calls")
 	pin := fs.Bool("pin", false, "the sidecar layout: etcd on CPU 0, coordbench and the proxy on the other CPUs (needs at least 2)")
 	dataDir := fs.String("data-dir", "", "data directory of the etcd coordbench starts, DIR.observe and DIR.waiters those of the etcds it starts afresh for those scenarios (default: a temp dir in /dev/shm if there is one, so that the disk stays out of the figures)")
 	if err := fs.Parse(args); err != nil {
@@ -240,12 +242,27 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		b.proxy = p
 		fmt.Fprintf(stderr, "coordproxy %s\n", p.addr)
+		if *withPolicy {
+			file := filepath.Join(os.TempDir(), "coordbench-policy-"+b.runID+".yaml")
+			if err := os.WriteFile(file, []byte(benchPolicy), 0o644); err != nil {
+				return err
+			}
+			pp, err := startChild(proxyEnv, roleProxy, b.etcdURL, "", strconv.Itoa(*maxEtcdRequests), file)
+			if err != nil {
+				return fmt.Errorf("coordproxy with a policy: %w", err)
+			}
+			b.policed = pp
+			fmt.Fprintf(stderr, "coordproxy+policy %s\n", pp.addr)
+		}
 		b.watchersAtStart, b.watchersAtStartErr = etcdMetric(ctx, b.etcdURL, watcherMetric)
 		return nil
 	}
 	stopAll := func() {
 		if b.proxy != nil {
 			b.proxy.stop()
+		}
+		if b.policed != nil {
+			b.policed.stop()
 		}
 		if b.etcd != nil {
 			b.etcd.stop()
@@ -284,14 +301,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if s.proxyFirst {
 			order = []target{proxied, native}
 		}
+		if b.policed != nil && !s.freshEtcd {
+			order = append(order, target{name: "coordproxy+policy", addr: b.policed.addr})
+		}
 		for _, t := range order {
-			before := b.costNow(ctx)
+			served := b.proxy
+			if t.name == "coordproxy+policy" {
+				served = b.policed
+			}
+			before := b.costNow(ctx, served)
 			r, err := s.run(ctx, b, t, title)
 			if err != nil {
 				fmt.Fprintf(stderr, "coordbench: %s on %s: %v\n", title, t.name, err)
 				return 1
 			}
-			addCost(&r, before, b.costNow(ctx))
+			addCost(&r, before, b.costNow(ctx, served))
 			results = append(results, r)
 		}
 		if ctx.Err() != nil {
@@ -301,6 +325,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	printTable(stdout, results)
 	fmt.Fprintln(stdout)
 	printCostTable(stdout, results)
+	if b.policed != nil {
+		fmt.Fprintln(stdout)
+		printPolicyTable(stdout, results)
+	}
 	if *jsonOut != "" {
 		out, _ := json.MarshalIndent(results, "", "  ")
 		if err := os.WriteFile(*jsonOut, append(out, '\n'), 0o644); err != nil {
@@ -309,6 +337,34 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	return 0
+}
+
+// benchPolicy allows the anonymous load generator every verb on every key:
+// what it costs is the policy's work on calls it allows.
+const benchPolicy = `rules:
+  - identities: [anonymous]
+    prefixes: [""]
+    verbs: [lock, elect, read, write, lease, admin]
+`
+
+// printPolicyTable compares the proxy with and without a policy in force.
+func printPolicyTable(w io.Writer, results []result) {
+	fmt.Fprintln(w, "| scenario | coordproxy ops/s | with a policy | ratio | coordproxy CPU µs/op without / with | allocs/op without / with | etcd requests/op without / with |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
+	order, by := byScenario(results)
+	for _, s := range order {
+		p, q := by[s]["coordproxy"], by[s]["coordproxy+policy"]
+		if q.Count == 0 {
+			continue
+		}
+		ratio := "–"
+		if p.Ops > 0 {
+			ratio = fmt.Sprintf("%.2f×", q.Ops/p.Ops)
+		}
+		pair := func(k string) string { return show(p.Extra[k]) + " / " + show(q.Extra[k]) }
+		fmt.Fprintf(w, "| %s | %.0f | %.0f | %s | %s | %s | %s |\n", s, p.Ops, q.Ops, ratio,
+			pair("proxy_cpu_us_per_op"), pair("proxy_allocs_per_op"), pair("etcd_requests_per_op"))
+	}
 }
 
 // tmpfsDir is /dev/shm where it is a directory, so that etcd's fsyncs do

@@ -42,7 +42,11 @@ func serveRole(args []string, stdout, stderr io.Writer) (int, bool) {
 		err = serveEtcd(ctx, args[1], stdout)
 	case roleProxy:
 		max, _ := strconv.Atoi(args[3])
-		err = serveProxy(ctx, args[1], args[2], max, stdout)
+		policyFile := ""
+		if len(args) > 4 {
+			policyFile = args[4]
+		}
+		err = serveProxy(ctx, args[1], args[2], max, policyFile, stdout)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "coordbench %s: %v\n", args[0], err)
@@ -63,7 +67,7 @@ func serveEtcd(ctx context.Context, dir string, stdout io.Writer) error {
 	return nil
 }
 
-func serveProxy(ctx context.Context, endpoints, cpuprofile string, maxEtcdRequests int, stdout io.Writer) error {
+func serveProxy(ctx context.Context, endpoints, cpuprofile string, maxEtcdRequests int, policyFile string, stdout io.Writer) error {
 	if cpuprofile != "" {
 		f, err := os.Create(cpuprofile)
 		if err != nil {
@@ -77,7 +81,7 @@ func serveProxy(ctx context.Context, endpoints, cpuprofile string, maxEtcdReques
 	}
 	// Pprof: the waiters scenario reads the proxy's runtime.MemStats from
 	// /debug/pprof/heap to say where its memory is.
-	s := proxy.New(proxy.Config{Endpoints: strings.Split(endpoints, ","), Listen: "127.0.0.1:0", MaxEtcdRequests: maxEtcdRequests, Pprof: true})
+	s := proxy.New(proxy.Config{Endpoints: strings.Split(endpoints, ","), Listen: "127.0.0.1:0", MaxEtcdRequests: maxEtcdRequests, Pprof: true, PolicyFile: policyFile})
 	if err := s.Start(ctx); err != nil {
 		return err
 	}
