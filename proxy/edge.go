@@ -2,12 +2,16 @@ package proxy
 
 import (
 	"context"
+	"log/slog"
 	"strings"
+	"time"
 
 	middleware "github.com/grpc-ecosystem/go-grpc-middleware/v2"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 )
 
 // edgeUnary and edgeStream are the one edge every call passes: once the
@@ -23,8 +27,25 @@ func (s *Server) edgeUnary(ctx context.Context, req any, info *grpc.UnaryServerI
 	if err := s.authorize(ctx, info.FullMethod, req); err != nil {
 		return nil, err
 	}
+	start := time.Now()
 	resp, err := handler(forwardContext(ctx), req)
-	return resp, wireErr(info.FullMethod, err)
+	err = wireErr(info.FullMethod, err)
+	s.accessLog(ctx, info.FullMethod, start, err)
+	return resp, err
+}
+
+// accessLog logs a call that ended, with the caller's identity, at debug
+// level (--log-level debug): one line a call.
+func (s *Server) accessLog(ctx context.Context, method string, start time.Time, err error) {
+	if !s.log.Enabled(ctx, slog.LevelDebug) {
+		return
+	}
+	addr := ""
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		addr = p.Addr.String()
+	}
+	s.log.Debug("call", "method", method, "identity", s.ids.of(ctx), "address", addr,
+		"code", status.Code(err).String(), "duration", time.Since(start).Round(time.Microsecond))
 }
 
 func (s *Server) edgeStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
@@ -39,7 +60,10 @@ func (s *Server) edgeStream(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 	if s.policy != nil && info.FullMethod != "/etcdserverpb.Watch/Watch" { // watches: per watch (allowWatch)
 		ss = &authorizedStream{ServerStream: ss, s: s, method: info.FullMethod}
 	}
-	return wireErr(info.FullMethod, handler(srv, ss))
+	start := time.Now()
+	err := wireErr(info.FullMethod, handler(srv, ss))
+	s.accessLog(ss.Context(), info.FullMethod, start, err)
+	return err
 }
 
 // authorizedStream decides a stream by its first request (Observe's name,

@@ -123,6 +123,26 @@ func TestPolicy_twoTenantsThroughTwoReplicas(t *testing.T) {
 	}
 	before := snapshot(t, root)
 
+	// A reads what is A's.
+	if _, err := a.locks.Describe(ctx, &coordproxyv1.DescribeRequest{Name: []byte("a/job")}); err != nil {
+		t.Fatalf("A Describe a/job: %v", err)
+	}
+	if _, err := a.elec.Leader(ctx, &v3electionpb.LeaderRequest{Name: []byte("a/e")}); err != nil {
+		t.Fatalf("A Leader a/e: %v", err)
+	}
+	if r, err := a.kv.Get(ctx, "a/", clientv3.WithPrefix()); err != nil || r.Count != 3 {
+		t.Fatalf("A Get a/: %v, %v", r, err)
+	}
+	aw, err := pb.NewWatchClient(a.conn).Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	aw.Send(&pb.WatchRequest{RequestUnion: &pb.WatchRequest_CreateRequest{CreateRequest: &pb.WatchCreateRequest{Key: []byte("a/"), RangeEnd: []byte("a0")}}})
+	if wr, err := aw.Recv(); err != nil || !wr.Created || wr.Canceled {
+		t.Fatalf("A Watch a/: %v, %v", wr, err)
+	}
+	aw.CloseSend()
+
 	// B tries everything on A's names and keys.
 	lb, err := b.kv.Grant(ctx, 30)
 	if err != nil {
