@@ -3,14 +3,11 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
@@ -188,23 +185,5 @@ func TestHasLeader_callsAndStreamsEndWithNoLeaderAsOnEtcd(t *testing.T) {
 // etcdErrors reads coordproxy_etcd_errors_total{code} from a proxy's /metrics.
 func etcdErrors(t *testing.T, addr, code string) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n float64
-	for _, m := range families["coordproxy_etcd_errors_total"].GetMetric() {
-		for _, l := range m.GetLabel() {
-			if l.GetName() == "code" && l.GetValue() == code {
-				n += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return n
+	return proxyMetric(t, addr, "coordproxy_etcd_errors_total", map[string]string{"code": code})
 }

@@ -54,22 +54,7 @@ func holderMain(kind string) int {
 		fmt.Fprintln(os.Stderr, "session:", err)
 		return 1
 	}
-	name := os.Getenv(holderName)
-	var token int64
-	switch kind {
-	case "lock":
-		m := client.NewMutex(s, name)
-		err, token = m.Lock(ctx), m.FencingToken()
-	case "semaphore":
-		m := client.NewSemaphore(s, name, 1)
-		err, token = m.Acquire(ctx), m.FencingToken()
-	case "rwlock":
-		m := client.NewRWMutex(s, name)
-		err, token = m.Lock(ctx), m.FencingToken()
-	case "campaign":
-		e := client.NewElection(s, name)
-		err, token = e.Campaign(ctx, "holder"), e.Rev()
-	}
+	token, err := take(ctx, s, kind, os.Getenv(holderName), "holder")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, kind+":", err)
 		return 1
@@ -101,6 +86,30 @@ func holderMain(kind string) int {
 		}
 	}
 	select {}
+}
+
+// take acquires kind (lock, semaphore of one, write lock, or leadership
+// with value) on name through s and returns the fencing token.
+func take(ctx context.Context, s *client.Session, kind, name, value string) (int64, error) {
+	switch kind {
+	case "lock":
+		m := client.NewMutex(s, name)
+		err := m.Lock(ctx)
+		return m.FencingToken(), err
+	case "semaphore":
+		m := client.NewSemaphore(s, name, 1)
+		err := m.Acquire(ctx)
+		return m.FencingToken(), err
+	case "rwlock":
+		m := client.NewRWMutex(s, name)
+		err := m.Lock(ctx)
+		return m.FencingToken(), err
+	case "campaign":
+		e := client.NewElection(s, name)
+		err := e.Campaign(ctx, value)
+		return e.Rev(), err
+	}
+	return 0, fmt.Errorf("no such kind %q", kind)
 }
 
 // fencedWrite writes token to resource unless a newer token wrote it: the
@@ -226,22 +235,7 @@ func waiterFor(t *testing.T, ctx context.Context, kind, name, addr string) (<-ch
 	t.Cleanup(func() { s.Close() })
 	got, failed := make(chan int64, 1), make(chan error, 1)
 	go func() {
-		var err error
-		var token int64
-		switch kind {
-		case "lock":
-			m := client.NewMutex(s, name)
-			err, token = m.Lock(ctx), m.FencingToken()
-		case "semaphore":
-			m := client.NewSemaphore(s, name, 1)
-			err, token = m.Acquire(ctx), m.FencingToken()
-		case "rwlock":
-			m := client.NewRWMutex(s, name)
-			err, token = m.Lock(ctx), m.FencingToken()
-		case "campaign":
-			e := client.NewElection(s, name)
-			err, token = e.Campaign(ctx, "next"), e.Rev()
-		}
+		token, err := take(ctx, s, kind, name, "next")
 		if err != nil {
 			failed <- err
 			return
