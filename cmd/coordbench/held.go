@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
 )
 
@@ -21,13 +20,11 @@ func heldScenario(ctx context.Context, b *bench, t target, scenario string) (res
 		return result{}, err
 	}
 	defer closeAll()
-	leaseCtx, stopLease := context.WithCancel(context.Background())
-	defer stopLease()
-	lease, err := grant(leaseCtx, clis[0], 600)
+	lease, release, err := keptLease(clis[0], 600)
 	if err != nil {
 		return result{}, err
 	}
-	defer revokeAll(clis[0], []clientv3.LeaseID{lease})
+	defer release()
 
 	b.settleWatchers(ctx, scenario, t)
 	before := b.footprintNow(ctx)

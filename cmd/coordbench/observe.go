@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	epb "go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
 )
 
@@ -21,13 +20,11 @@ func observeScenario(ctx context.Context, b *bench, t target, scenario string) (
 		return result{}, err
 	}
 	defer closeAll()
-	leaseCtx, stopLease := context.WithCancel(context.Background())
-	defer stopLease()
-	lease, err := grant(leaseCtx, clis[0], 60)
+	lease, release, err := keptLease(clis[0], 60)
 	if err != nil {
 		return result{}, err
 	}
-	defer revokeAll(clis[0], []clientv3.LeaseID{lease})
+	defer release()
 	name := []byte(b.unique("observe"))
 	elec := epb.NewElectionClient(clis[0].ActiveConnection())
 	watchers0, werr0 := etcdMetric(ctx, b.etcdURL, watcherMetric)

@@ -102,6 +102,20 @@ func (r *recorder) result(scenario, tgt string, elapsed time.Duration) result {
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // grant grants a lease of ttl seconds and keeps it alive until ctx ends.
+// keptLease grants a lease of ttl seconds on cli and keeps it alive until
+// release, which revokes it.
+func keptLease(cli *clientv3.Client, ttl int64) (lease clientv3.LeaseID, release func(), err error) {
+	ctx, stop := context.WithCancel(context.Background())
+	if lease, err = grant(ctx, cli, ttl); err != nil {
+		stop()
+		return 0, nil, err
+	}
+	return lease, func() {
+		revokeAll(cli, []clientv3.LeaseID{lease})
+		stop()
+	}, nil
+}
+
 func grant(ctx context.Context, cli *clientv3.Client, ttl int64) (clientv3.LeaseID, error) {
 	g, err := cli.Grant(ctx, ttl)
 	if err != nil {
@@ -180,13 +194,11 @@ func campaignScenario(ctx context.Context, b *bench, t target, scenario string) 
 		return result{}, err
 	}
 	defer cli.Close()
-	leaseCtx, stopLease := context.WithCancel(context.Background())
-	defer stopLease()
-	lease, err := grant(leaseCtx, cli, 60)
+	lease, release, err := keptLease(cli, 60)
 	if err != nil {
 		return result{}, err
 	}
-	defer revokeAll(cli, []clientv3.LeaseID{lease})
+	defer release()
 	elec := epb.NewElectionClient(cli.ActiveConnection())
 	name := []byte(b.unique("campaign"))
 	rec := newRecorder()
