@@ -41,9 +41,8 @@ func newLimiter(n int, reg prometheus.Registerer) *limiter {
 	return l
 }
 
-// The time a request waits for a slot is a child span of the call's,
-// coordproxy.etcd.slot, when the call is traced.
-
+// unary sends a request once it has a slot. The time it waits for one is a
+// child span of a traced call's, coordproxy.etcd.slot.
 func (l *limiter) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 	queue, timeout, sendBound := SendBound(ctx)
 	if !sendBound {

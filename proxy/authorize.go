@@ -21,52 +21,73 @@ import (
 // denied"), logged once and counted by verb. Watches are decided per watch
 // created (allowWatch), in the Watch pass-through.
 
-// scope is the verb a request needs and the keys it touches. always: the
-// call needs no permission (Authenticate, Status, MemberList, health).
-func scope(req any) (verb policy.Verb, ranges []policy.KeyRange, always bool) {
+// access is what a request needs: its verb on its keys, and the use of a
+// lease (0: none; -1: the lease of the key it releases, read from etcd: an
+// RW lock's key names none). always: it needs no permission
+// (Authenticate, Status, MemberList).
+type access struct {
+	verb   policy.Verb
+	ranges []policy.KeyRange
+	lease  int64
+	always bool
+}
+
+// scope is the one place that reads a request's access: an RPC added to a
+// service needs a case here, or no policy lets it through.
+func scope(req any) access {
 	switch r := req.(type) {
 	case *v3lockpb.LockRequest:
-		return policy.Lock, names(r.Name), false
+		return access{verb: policy.Lock, ranges: names(r.Name), lease: r.Lease}
 	case *v3lockpb.UnlockRequest:
-		return policy.Lock, keys(r.Key), false
+		return access{verb: policy.Lock, ranges: keys(r.Key), lease: keyLease(r.Key)}
 	case *v3electionpb.CampaignRequest:
-		return policy.Elect, names(r.Name), false
+		return access{verb: policy.Elect, ranges: names(r.Name), lease: r.Lease}
 	case *v3electionpb.ProclaimRequest:
-		return policy.Elect, names(r.GetLeader().GetName()), false
+		return access{verb: policy.Elect, ranges: names(r.GetLeader().GetName()), lease: r.GetLeader().GetLease()}
 	case *v3electionpb.ResignRequest:
-		return policy.Elect, names(r.GetLeader().GetName()), false
+		return access{verb: policy.Elect, ranges: names(r.GetLeader().GetName()), lease: r.GetLeader().GetLease()}
 	case *v3electionpb.LeaderRequest:
-		return policy.Read, names(r.Name), false
+		return access{verb: policy.Read, ranges: names(r.Name)}
 	case *coordproxyv1.LockRequest:
-		return policy.Lock, names(r.Name), false
+		return access{verb: policy.Lock, ranges: names(r.Name), lease: r.Lease}
 	case *coordproxyv1.UnlockRequest:
-		return policy.Lock, keys(r.Key), false
+		lease := keyLease(r.Key)
+		if lease == 0 && len(r.Key) > 0 {
+			lease = -1
+		}
+		return access{verb: policy.Lock, ranges: keys(r.Key), lease: lease}
 	case *coordproxyv1.AcquireRequest:
-		return policy.Lock, names(r.Name), false
+		return access{verb: policy.Lock, ranges: names(r.Name), lease: r.Lease}
 	case *coordproxyv1.ReleaseRequest:
-		return policy.Lock, keys(r.Key), false
+		return access{verb: policy.Lock, ranges: keys(r.Key), lease: keyLease(r.Key)}
 	case *coordproxyv1.RWLockRequest:
-		return policy.Lock, names(r.Name), false
+		return access{verb: policy.Lock, ranges: names(r.Name), lease: r.Lease}
 	case *coordproxyv1.DescribeRequest:
-		return policy.Read, names(r.Name), false
+		return access{verb: policy.Read, ranges: names(r.Name)}
 	case *coordproxyv1.ObserveRequest:
-		return policy.Read, names(r.Name), false
+		return access{verb: policy.Read, ranges: names(r.Name)}
 	case *coordproxyv1.SessionRequest:
-		return policy.Lease, nil, false
+		return access{verb: policy.Lease, lease: r.Lease}
 	case *pb.RangeRequest:
-		return policy.Read, []policy.KeyRange{keyRange(r.Key, r.RangeEnd)}, false
+		return access{verb: policy.Read, ranges: []policy.KeyRange{keyRange(r.Key, r.RangeEnd)}}
 	case *pb.PutRequest:
-		return policy.Write, keys(r.Key), false
+		return access{verb: policy.Write, ranges: keys(r.Key)}
 	case *pb.DeleteRangeRequest:
-		return policy.Write, []policy.KeyRange{keyRange(r.Key, r.RangeEnd)}, false
+		return access{verb: policy.Write, ranges: []policy.KeyRange{keyRange(r.Key, r.RangeEnd)}}
 	case *pb.CompactionRequest, *pb.LeaseLeasesRequest:
-		return policy.Admin, nil, false
-	case *pb.LeaseGrantRequest, *pb.LeaseRevokeRequest, *pb.LeaseTimeToLiveRequest, *pb.LeaseKeepAliveRequest:
-		return policy.Lease, nil, false
+		return access{verb: policy.Admin}
+	case *pb.LeaseGrantRequest:
+		return access{verb: policy.Lease}
+	case *pb.LeaseRevokeRequest:
+		return access{verb: policy.Lease, lease: r.ID}
+	case *pb.LeaseTimeToLiveRequest:
+		return access{verb: policy.Lease, lease: r.ID}
+	case *pb.LeaseKeepAliveRequest:
+		return access{verb: policy.Lease, lease: r.ID}
 	case *pb.AuthenticateRequest, *pb.StatusRequest, *pb.MemberListRequest:
-		return "", nil, true
+		return access{always: true}
 	}
-	return "", nil, false
+	return access{}
 }
 
 func names(n []byte) []policy.KeyRange { return []policy.KeyRange{policy.Name(string(n))} }
@@ -116,20 +137,20 @@ func (s *Server) authorize(ctx context.Context, method string, req any) error {
 		}
 		return nil
 	}
-	verb, ranges, always := scope(req)
-	if always {
+	a := scope(req)
+	if a.always {
 		return nil
 	}
-	if verb == "" || !p.Allows(id, verb, ranges...) {
-		return s.deny(ctx, id, method, verb, ranges)
+	if a.verb == "" || !p.Allows(id, a.verb, a.ranges...) {
+		return s.deny(ctx, id, method, a.verb, a.ranges)
 	}
-	lease := leaseOf(req)
-	if u, ok := req.(*coordproxyv1.UnlockRequest); ok && lease == 0 && len(u.Key) > 0 {
-		// An RW lock's key names no lease: read it.
-		resp, err := s.access.Own().Get(ctx, string(u.Key))
+	lease := a.lease
+	if lease == -1 { // the key's own lease
+		resp, err := s.access.Own().Get(ctx, string(req.(*coordproxyv1.UnlockRequest).Key))
 		if err != nil {
 			return err
 		}
+		lease = 0
 		if len(resp.Kvs) > 0 {
 			lease = resp.Kvs[0].Lease
 		}

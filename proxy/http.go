@@ -160,11 +160,13 @@ type readiness struct {
 // etcd at most that often.
 const readyFresh = 5 * time.Second
 
-// readyGauge is coordproxy_ready.
+// readyGauge is coordproxy_ready: the last answer while fresh, else a new
+// one.
 func (s *Server) readyGauge() float64 {
-	r := s.lastReady.Load()
-	ok := r != nil && time.Since(r.at) < readyFresh && r.ok && !s.draining.Load()
-	if r == nil || time.Since(r.at) >= readyFresh {
+	ok := false
+	if r := s.lastReady.Load(); r != nil && time.Since(r.at) < readyFresh {
+		ok = r.ok && !s.draining.Load() // ready answers draining without asking etcd
+	} else {
 		ok = s.ready(context.Background()) == nil
 	}
 	if ok {

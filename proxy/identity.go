@@ -92,15 +92,21 @@ func (ids *identities) of(ctx context.Context) string {
 		}
 	}
 	if v := metadata.ValueFromIncomingContext(ctx, rpctypes.TokenFieldNameGRPC); len(v) > 0 {
-		if u := jwtUser(v[0]); u != "" {
-			return u
-		}
-		ids.mu.Lock()
-		u, ok := ids.tokens[v[0]]
-		ids.mu.Unlock()
-		if ok {
-			return u.user
-		}
+		return ids.tokenUser(v[0])
+	}
+	return Anonymous
+}
+
+// tokenUser is the etcd user token names: a JWT's username claim, or the
+// user a simple token was issued to through this replica; else Anonymous.
+func (ids *identities) tokenUser(token string) string {
+	if u := jwtUser(token); u != "" {
+		return u
+	}
+	ids.mu.Lock()
+	defer ids.mu.Unlock()
+	if u, ok := ids.tokens[token]; ok {
+		return u.user
 	}
 	return Anonymous
 }
@@ -134,15 +140,7 @@ func (ids *identities) httpIdentity(r *http.Request) {
 	if tc, ok := r.Context().Value(tlsConnKey{}).(*tls.Conn); ok && len(tc.ConnectionState().PeerCertificates) > 0 {
 		id = certIdentity(tc.ConnectionState().PeerCertificates[0])
 	} else if tok := r.Header.Get("Authorization"); tok != "" {
-		if u := jwtUser(tok); u != "" {
-			id = u
-		} else {
-			ids.mu.Lock()
-			if u, ok := ids.tokens[tok]; ok {
-				id = u.user
-			}
-			ids.mu.Unlock()
-		}
+		id = ids.tokenUser(tok)
 	}
 	r.Header.Set("Grpc-Metadata-"+gatewayIdentity, id)
 }

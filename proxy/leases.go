@@ -7,11 +7,7 @@ import (
 
 	"github.com/coordproxy/coordproxy/grant"
 	"github.com/coordproxy/coordproxy/policy"
-	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
-	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
-	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
 )
 
 // Leases belong to their taker while a policy is in force: a lease granted
@@ -88,44 +84,8 @@ func (s *Server) mayUse(ctx context.Context, p *policy.Policy, identity string, 
 	return owner == identity, nil
 }
 
-// leaseOf is the lease a request uses, 0 for none.
-func leaseOf(req any) int64 {
-	switch r := req.(type) {
-	case *v3lockpb.LockRequest:
-		return r.Lease
-	case *v3lockpb.UnlockRequest:
-		return keyLease(r.Key)
-	case *v3electionpb.CampaignRequest:
-		return r.Lease
-	case *v3electionpb.ProclaimRequest:
-		return r.GetLeader().GetLease()
-	case *v3electionpb.ResignRequest:
-		return r.GetLeader().GetLease()
-	case *coordproxyv1.LockRequest:
-		return r.Lease
-	case *coordproxyv1.UnlockRequest:
-		return keyLease(r.Key)
-	case *coordproxyv1.AcquireRequest:
-		return r.Lease
-	case *coordproxyv1.ReleaseRequest:
-		return keyLease(r.Key)
-	case *coordproxyv1.RWLockRequest:
-		return r.Lease
-	case *coordproxyv1.SessionRequest:
-		return r.Lease
-	case *pb.LeaseRevokeRequest:
-		return r.ID
-	case *pb.LeaseTimeToLiveRequest:
-		return r.ID
-	case *pb.LeaseKeepAliveRequest:
-		return r.ID
-	}
-	return 0
-}
-
 // keyLease is the lease a lock or semaphore key names (name/hex(lease)); 0
-// for another key (an RW lock's key names none: its release is decided by
-// the name's prefix only).
+// for another key (an RW lock's key names none: scope has its lease read).
 func keyLease(key []byte) int64 {
 	if _, lease, ok := grant.ParseOwnerKey(string(key)); ok {
 		return int64(lease)

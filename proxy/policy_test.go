@@ -210,7 +210,7 @@ func TestPolicy_twoTenantsThroughTwoReplicas(t *testing.T) {
 	if after := snapshot(t, root); after != before {
 		t.Errorf("B's refused calls changed etcd:\nbefore %s\nafter  %s", before, after)
 	}
-	if n := gatheredCounter(t, cfg2.Registry, "coordproxy_denied_total"); n < 18 {
+	if n := proxytest.Gathered(t, cfg2.Registry, "coordproxy_denied_total", nil); n < 18 {
 		t.Errorf("%v refusals counted, want every one", n)
 	}
 	if !strings.Contains(logs.String(), "call refused by the policy") || !strings.Contains(logs.String(), "identity=spiffe://test/b") {
@@ -331,23 +331,6 @@ func snapshot(t *testing.T, kv *clientv3.Client) string {
 	}
 	fmt.Fprintf(&b, "leases %d", len(ls.Leases))
 	return b.String()
-}
-
-func gatheredCounter(t *testing.T, g prometheus.Gatherer, name string) float64 {
-	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n float64
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
-				n += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return n
 }
 
 func tail(s string, n int) string {

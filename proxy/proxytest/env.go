@@ -142,11 +142,11 @@ func FreeAddr(t testing.TB) string {
 	return l.Addr().String()
 }
 
-// Metric is the value of the metric called name whose labels include all of
-// labels, as the proxy's registry reports it; 0 if there is none yet.
+// Metric is the sum of the series of the metric called name whose labels
+// include all of labels, as the proxy's registry reports them; 0 if none.
 func (e *Env) Metric(t testing.TB, name string, labels map[string]string) float64 {
 	t.Helper()
-	return gathered(t, e.Proxy.Registry(), name, labels)
+	return Gathered(t, e.Proxy.Registry(), name, labels)
 }
 
 // EtcdMetric is the value of one of the embedded etcd's metrics, such as
@@ -154,15 +154,18 @@ func (e *Env) Metric(t testing.TB, name string, labels map[string]string) float6
 // registry, so this sums over every etcd the test process runs.
 func EtcdMetric(t testing.TB, name string) float64 {
 	t.Helper()
-	return gathered(t, prometheus.DefaultGatherer, name, nil)
+	return Gathered(t, prometheus.DefaultGatherer, name, nil)
 }
 
-func gathered(t testing.TB, g prometheus.Gatherer, name string, labels map[string]string) float64 {
+// Gathered is the sum of the series of metric name in g whose labels
+// include all of labels (a counter's or a gauge's value); 0 if there are none.
+func Gathered(t testing.TB, g prometheus.Gatherer, name string, labels map[string]string) float64 {
 	t.Helper()
 	mfs, err := g.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
+	var sum float64
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
@@ -178,15 +181,10 @@ func gathered(t testing.TB, g prometheus.Gatherer, name string, labels map[strin
 					continue metrics
 				}
 			}
-			switch {
-			case m.Counter != nil:
-				return m.Counter.GetValue()
-			case m.Gauge != nil:
-				return m.Gauge.GetValue()
-			}
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
 		}
 	}
-	return 0
+	return sum
 }
 
 // FaultProxy puts etcd's own fault-injecting TCP proxy
