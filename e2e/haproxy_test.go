@@ -34,21 +34,20 @@ func haproxyBinary(t *testing.T) string {
 			return bin
 		}
 	}
-	if os.Geteuid() == 0 {
-		if _, err := exec.LookPath("apt-get"); err == nil {
-			install := exec.Command("apt-get", "install", "-y", "haproxy")
-			install.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-			if _, err := install.CombinedOutput(); err != nil {
-				exec.Command("apt-get", "update").Run()
-				install = exec.Command("apt-get", "install", "-y", "haproxy")
-				install.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
-				if out, err := install.CombinedOutput(); err != nil {
-					t.Fatalf("haproxy is missing and apt-get install haproxy failed: %v\n%s", err, tail(out, 2000))
-				}
+	if _, err := exec.LookPath("apt-get"); err == nil && os.Geteuid() == 0 {
+		install := func() ([]byte, error) {
+			cmd := exec.Command("apt-get", "install", "-y", "haproxy")
+			cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+			return cmd.CombinedOutput()
+		}
+		if _, err := install(); err != nil { // the package lists may be stale
+			exec.Command("apt-get", "update").Run()
+			if out, err := install(); err != nil {
+				t.Fatalf("haproxy is missing and apt-get install haproxy failed: %v\n%s", err, tail(out, 2000))
 			}
-			if bin, err := exec.LookPath("/usr/sbin/haproxy"); err == nil {
-				return bin
-			}
+		}
+		if bin, err := exec.LookPath("/usr/sbin/haproxy"); err == nil {
+			return bin
 		}
 	}
 	t.Fatal("haproxy is missing: install Debian's haproxy package (.ci/run does)")
