@@ -32,14 +32,15 @@ func NewElection(s Leaser, name string) *Election {
 
 // Campaign waits until this session leads, then proclaims val. A lease that
 // ends while waiting is concurrency.ErrSessionExpired (the proxy checks
-// after waiting, where etcd does not).
+// after waiting, where etcd does not); leadership won after a Session's
+// window passed returns the Session's error (Resign gives it back).
 func (e *Election) Campaign(ctx context.Context, val string) error {
 	resp, err := e.elec.Campaign(ctx, &epb.CampaignRequest{Name: []byte(e.name), Lease: int64(e.s.Lease()), Value: []byte(val)})
 	if err != nil {
 		return fromWire(err)
 	}
 	e.leader, e.hdr = resp.Leader, resp.Header
-	return nil
+	return inWindow(e.s)
 }
 
 // Proclaim sets the leader's value; concurrency.ErrElectionNotLeader if this

@@ -23,14 +23,16 @@ func NewMutex(s Leaser, name string) *Mutex {
 }
 
 // Lock waits until the mutex is held or ctx ends. If the session's lease
-// ends while waiting it returns concurrency.ErrSessionExpired.
+// ends while waiting it returns concurrency.ErrSessionExpired; if the grant
+// comes back after a Session's window passed, the Session's error (the
+// mutex counts as held: Unlock gives it back).
 func (m *Mutex) Lock(ctx context.Context) error {
 	h, err := m.locks.Lock(ctx, &coordproxyv1.LockRequest{Name: []byte(m.name), Lease: int64(m.s.Lease())})
 	if err != nil {
 		return fromWire(err)
 	}
 	m.held = h
-	return nil
+	return inWindow(m.s)
 }
 
 // TryLock takes the mutex only if nobody holds or waits for it; otherwise it
@@ -42,7 +44,7 @@ func (m *Mutex) TryLock(ctx context.Context) error {
 		return fromWire(err)
 	}
 	m.held = h
-	return nil
+	return inWindow(m.s)
 }
 
 // Unlock releases the mutex.

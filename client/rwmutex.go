@@ -31,12 +31,14 @@ func (m *RWMutex) Lock(ctx context.Context) error {
 	return m.take(m.rw.WLock(ctx, &coordproxyv1.RWLockRequest{Name: []byte(m.name), Lease: int64(m.s.Lease())}))
 }
 
+// take keeps a grant; one that came back after a Session's window passed
+// returns the Session's error (Unlock gives it back).
 func (m *RWMutex) take(h *coordproxyv1.Held, err error) error {
 	if err != nil {
 		return fromWire(err)
 	}
 	m.held = h
-	return nil
+	return inWindow(m.s)
 }
 
 // Unlock releases a read or write hold.

@@ -23,14 +23,16 @@ func NewSemaphore(s Leaser, name string, limit int64) *Semaphore {
 	return &Semaphore{s: s, sems: coordproxyv1.NewSemaphoreServiceClient(s.Client().ActiveConnection()), name: name, limit: limit}
 }
 
-// Acquire waits for a place or until ctx ends.
+// Acquire waits for a place or until ctx ends. A place granted after a
+// Session's window passed returns the Session's error (Release gives it
+// back).
 func (m *Semaphore) Acquire(ctx context.Context) error {
 	h, err := m.sems.Acquire(ctx, &coordproxyv1.AcquireRequest{Name: []byte(m.name), Lease: int64(m.s.Lease()), Limit: m.limit})
 	if err != nil {
 		return fromWire(err)
 	}
 	m.held = h
-	return nil
+	return inWindow(m.s)
 }
 
 // Release gives the place back.

@@ -3,12 +3,16 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/coordproxy/coordproxy/internal/clock"
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -21,37 +25,77 @@ type Leaser interface {
 	Lease() clientv3.LeaseID
 }
 
+// Session defaults.
+const (
+	// DefaultWindow is a session's window: the proxy revokes the lease no
+	// sooner than this after the last heartbeat it received, so a crashed
+	// holder's locks pass on within about this long.
+	DefaultWindow = 750 * time.Millisecond
+	// DefaultOpenTimeout bounds NewSession when its context has no
+	// deadline.
+	DefaultOpenTimeout = 10 * time.Second
+)
+
+// ErrSessionLost ends a session whose window passed without an answer from
+// coordproxy (the proxy or the network to it is gone, or this process was
+// paused): from then on the proxy may revoke the lease and others may hold
+// what it held. errors.Is(err, ErrSessionLost); the error says what
+// happened last.
+var ErrSessionLost = errors.New("session lost: no answer from coordproxy within the session's window")
+
 // Session is a lease held through coordproxy's SessionService, shaped like
-// concurrency.Session: the proxy keeps the lease alive while this process
-// keeps the session's stream open, and revokes it within the grace once the
-// process is gone (its connection closes when it dies), so that what it holds
-// passes on at once instead of when the TTL runs out. A proxy that stops or
-// dies releases nothing: the session resumes the same lease through another
-// replica the client's connection reaches, for as long as the lease lives.
+// concurrency.Session, with a promise concurrency's cannot make: nobody
+// else holds what it holds before SafeUntil, and the session ends (Done,
+// Ctx) at SafeUntil from its own timer, without waiting for the network.
+//
+// It sends a heartbeat every window/4 on its stream and the proxy answers
+// each at once. The proxy revokes the lease no sooner than the window after
+// the last heartbeat it received, whatever happens to the connection, and
+// tells with each answer how long the lease lives in etcd at least. So for
+// the last answered heartbeat, sent at s by this process's clock, SafeUntil
+// is s + min(window, the lease's least life) − a margin (a tenth of the
+// window, at least 10 ms). What it assumes: this process's clock and the
+// proxy's run at the same rate (the boot-time clock on Linux, which counts a
+// suspend), and nothing pauses this process between a check of Remaining
+// and the write it guards — only fencing closes that gap (FencingToken).
+//
+// When the process dies, its locks pass on a window after its last
+// heartbeat. A proxy that stops or dies releases nothing: the session
+// resumes the same lease through another replica its client reaches, while
+// it is within its window.
 //
 // Lease() is an etcd lease like any other: concurrency's Mutex and Election
 // and etcd's native Lock and Election services can use it too.
 type Session struct {
-	client *clientv3.Client
-	sess   coordproxyv1.SessionServiceClient
-	lease  clientv3.LeaseID
-	grace  *int64
+	client    *clientv3.Client
+	sess      coordproxyv1.SessionServiceClient
+	lease     clientv3.LeaseID
+	window    time.Duration
+	lockDelay time.Duration
+	margin    time.Duration
 
 	ctx    context.Context // the session's life
 	cancel context.CancelFunc
 	done   chan struct{}
+	exited chan struct{} // the loop that keeps the session ended
+
+	safe    atomic.Int64  // SafeUntil, on clock.Now's clock
+	renewed chan struct{} // a value when SafeUntil moved (cap 1)
 
 	mu     sync.Mutex
-	stream coordproxyv1.SessionService_KeepAliveClient
-	expiry time.Time // when the lease runs out unless refreshed
-	err    error     // why the session ended, once done
+	stream *beatStream
+	timer  *time.Timer // ends the session at SafeUntil
+	ended  bool
+	err    error // why the session ended, once done
+	last   error // the last stream error, for ErrSessionLost
 }
 
 type sessionOptions struct {
-	ttl   int64
-	lease clientv3.LeaseID
-	grace *int64
-	ctx   context.Context
+	ttl       int64
+	lease     clientv3.LeaseID
+	window    time.Duration
+	lockDelay time.Duration
+	ctx       context.Context
 }
 
 // A SessionOption configures NewSession.
@@ -66,109 +110,297 @@ func WithLease(lease clientv3.LeaseID) SessionOption {
 	return func(o *sessionOptions) { o.lease = lease }
 }
 
-// WithGrace is how long after this process went away the proxy revokes the
-// lease (default: the proxy's, 250 ms). At most the TTL.
-func WithGrace(d time.Duration) SessionOption {
-	return func(o *sessionOptions) { ms := d.Milliseconds(); o.grace = &ms }
-}
+// WithWindow is the session's window (default DefaultWindow; 100 ms to 5
+// min): how long after its last heartbeat the proxy revokes the lease, and
+// so how soon a crashed or cut-off holder's locks pass on. A longer window
+// rides out longer pauses and network trouble without losing the session.
+func WithWindow(d time.Duration) SessionOption { return func(o *sessionOptions) { o.window = d } }
 
-// WithContext bounds the session: when ctx ends, its stream ends and the
-// proxy revokes the lease after the grace, as when the process is gone.
+// WithLockDelay asks the proxy to revoke the lease only this much after the
+// window passed without a heartbeat (0 to 1 min; the proxy's
+// --session-lock-delay is the least), for holders whose process may pause
+// between checking Remaining and writing, guarding a resource that cannot
+// check fencing tokens: the next holder then starts that much later after
+// a crash. A Close releases at once.
+func WithLockDelay(d time.Duration) SessionOption { return func(o *sessionOptions) { o.lockDelay = d } }
+
+// WithContext bounds the session: when ctx ends, the session ends and the
+// proxy revokes the lease a window later, as when the process is gone. It
+// also bounds NewSession's wait for the proxy.
 func WithContext(ctx context.Context) SessionOption {
 	return func(o *sessionOptions) { o.ctx = ctx }
 }
 
 // NewSession opens a session on cli, whose endpoints are coordproxy
-// replicas.
+// replicas. It waits for the proxy at most until the context of
+// WithContext ends, or DefaultOpenTimeout.
 func NewSession(cli *clientv3.Client, opts ...SessionOption) (*Session, error) {
-	o := sessionOptions{ttl: 60, ctx: cli.Ctx()}
+	o := sessionOptions{ttl: 60, window: DefaultWindow, ctx: cli.Ctx()}
 	for _, opt := range opts {
 		opt(&o)
 	}
 	ctx, cancel := context.WithCancel(o.ctx)
 	s := &Session{client: cli, sess: coordproxyv1.NewSessionServiceClient(cli.ActiveConnection()),
-		grace: o.grace, ctx: ctx, cancel: cancel, done: make(chan struct{})}
-	first := &coordproxyv1.SessionRequest{Ttl: o.ttl, Lease: int64(o.lease), GraceMs: o.grace}
+		window: o.window, lockDelay: o.lockDelay, margin: max(o.window/10, 10*time.Millisecond),
+		ctx: ctx, cancel: cancel, done: make(chan struct{}), exited: make(chan struct{}), renewed: make(chan struct{}, 1)}
+	first := &coordproxyv1.SessionRequest{Ttl: o.ttl, Lease: int64(o.lease), WindowMs: o.window.Milliseconds(), LockDelayMs: o.lockDelay.Milliseconds()}
 	if o.lease != 0 {
 		first.Ttl = 0
 	}
-	lease, err := s.open(first)
+	until := clock.Now() + DefaultOpenTimeout
+	if d, ok := o.ctx.Deadline(); ok {
+		until = clock.Now() + time.Until(d)
+	}
+	bs, resp, err := s.open(first, until)
 	if err != nil {
 		cancel()
 		return nil, err
 	}
-	s.lease = lease
-	go s.keep()
+	s.lease = clientv3.LeaseID(resp.Lease)
+	s.lockDelay = time.Duration(resp.LockDelayMs) * time.Millisecond
+	s.mu.Lock()
+	s.stream = bs
+	s.timer = time.AfterFunc(time.Duration(s.safe.Load())-clock.Now(), s.check)
+	s.mu.Unlock()
+	go s.keep(bs)
 	return s, nil
 }
 
-// open opens a stream with first and reads the answer.
-func (s *Session) open(first *coordproxyv1.SessionRequest) (clientv3.LeaseID, error) {
-	st, err := s.sess.KeepAlive(s.ctx)
+// beatStream is one KeepAlive stream of the session.
+type beatStream struct {
+	st     coordproxyv1.SessionService_KeepAliveClient
+	cancel context.CancelFunc
+
+	sendMu sync.Mutex // SendMsg is not safe for concurrent use
+
+	mu   sync.Mutex
+	n    uint64     // the last heartbeat's number
+	sent []beatSent // unanswered heartbeats, oldest first
+	open bool       // false once abandoned
+}
+
+type beatSent struct {
+	n  uint64
+	at time.Duration
+}
+
+func (b *beatStream) send(m *coordproxyv1.SessionRequest) error {
+	b.sendMu.Lock()
+	defer b.sendMu.Unlock()
+	return b.st.Send(m)
+}
+
+// open opens a stream with first, giving up at until (on clock.Now's
+// clock), and takes the answer as a heartbeat's.
+func (s *Session) open(first *coordproxyv1.SessionRequest, until time.Duration) (*beatStream, *coordproxyv1.SessionResponse, error) {
+	sctx, cancel := context.WithCancel(s.ctx)
+	giveUp := time.AfterFunc(until-clock.Now(), cancel)
+	fail := func(err error) (*beatStream, *coordproxyv1.SessionResponse, error) {
+		timedOut := !giveUp.Stop()
+		cancel()
+		if timedOut && s.ctx.Err() == nil {
+			return nil, nil, fmt.Errorf("coordproxy did not answer in time: %w", context.DeadlineExceeded)
+		}
+		return nil, nil, fromWire(err)
+	}
+	sent := clock.Now()
+	// Bounded by until, it may wait for a replica to become reachable.
+	st, err := s.sess.KeepAlive(sctx, grpc.WaitForReady(true))
 	if err != nil {
-		return 0, fromWire(err)
+		return fail(err)
 	}
 	if err := st.Send(first); err != nil {
 		_, err = st.Recv() // the stream's own error
-		return 0, fromWire(err)
+		return fail(err)
 	}
 	resp, err := st.Recv()
 	if err != nil {
-		return 0, fromWire(err)
+		return fail(err)
 	}
-	s.mu.Lock()
-	s.stream = st
-	s.expiry = time.Now().Add(time.Duration(resp.Ttl) * time.Second)
-	s.mu.Unlock()
-	return clientv3.LeaseID(resp.Lease), nil
+	if resp.WindowMs == 0 {
+		return fail(errNoHeartbeats)
+	}
+	if !giveUp.Stop() {
+		return fail(context.DeadlineExceeded)
+	}
+	b := &beatStream{st: st, cancel: cancel, open: true}
+	s.answered(sent, resp)
+	return b, resp, nil
 }
 
-// keep reads refreshes and, when the stream breaks while the lease may
-// still live (the proxy stopped or died, the connection broke), resumes the
-// session, through whichever replica the connection reaches, until the
-// lease would have run out.
-func (s *Session) keep() {
-	defer close(s.done)
-	backoff := 50 * time.Millisecond
-	for {
-		s.mu.Lock()
-		st := s.stream
+// errNoHeartbeats: a proxy older than heartbeats answered. Not final: the
+// session tries again, through whichever replica answers next.
+var errNoHeartbeats = status.Error(codes.Unavailable, "coordproxy does not answer session heartbeats (an older version): upgrade it")
+
+// answered moves SafeUntil for an answer to a message sent at sent.
+func (s *Session) answered(sent time.Duration, resp *coordproxyv1.SessionResponse) {
+	life := min(s.window, time.Duration(resp.LeaseMs)*time.Millisecond)
+	s.extend(sent + life - s.margin)
+}
+
+// extend moves SafeUntil to until if that is later.
+func (s *Session) extend(until time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended || until <= time.Duration(s.safe.Load()) {
+		return
+	}
+	s.safe.Store(int64(until))
+	if s.timer != nil {
+		s.timer.Reset(until - clock.Now())
+	}
+	select {
+	case s.renewed <- struct{}{}:
+	default:
+	}
+}
+
+// check runs at SafeUntil: the session ends unless it moved meanwhile.
+func (s *Session) check() {
+	s.mu.Lock()
+	if s.ended {
 		s.mu.Unlock()
-		resp, err := st.Recv()
-		if err == nil {
-			if resp.Closed {
-				s.end(nil)
+		return
+	}
+	if left := time.Duration(s.safe.Load()) - clock.Now(); left > 0 {
+		s.timer.Reset(left)
+		s.mu.Unlock()
+		return
+	}
+	last := s.last
+	s.mu.Unlock()
+	if last != nil {
+		s.end(fmt.Errorf("%w (last: %v)", ErrSessionLost, last))
+	} else {
+		s.end(ErrSessionLost)
+	}
+}
+
+// keep runs the session's streams: heartbeats on the current one and, when
+// it breaks or goes unanswered, a resume of the lease on a new one —
+// through whichever replica the connection reaches — until SafeUntil.
+func (s *Session) keep(b *beatStream) {
+	defer close(s.exited)
+	for {
+		err := s.beat(b)
+		b.cancel()
+		if s.ctx.Err() != nil {
+			s.end(s.ctx.Err())
+			return
+		}
+		backoff := 20 * time.Millisecond
+		for {
+			s.mu.Lock()
+			s.last = err
+			s.mu.Unlock()
+			if final(err) {
+				s.end(err)
 				return
 			}
-			s.mu.Lock()
-			s.expiry = time.Now().Add(time.Duration(resp.Ttl) * time.Second)
-			s.mu.Unlock()
-			backoff = 50 * time.Millisecond
-			continue
-		}
-		for {
+			// Resume, until SafeUntil at the latest: past it the
+			// session is over whatever the proxy would say.
+			until := time.Duration(s.safe.Load())
+			if clock.Now() >= until {
+				s.check()
+				return
+			}
+			// A replica that was down a moment ago may be up again while
+			// the connection waits out its reconnect backoff (a second and
+			// growing): try every address now.
+			s.client.ActiveConnection().ResetConnectBackoff()
+			nb, _, rerr := s.open(&coordproxyv1.SessionRequest{Lease: int64(s.lease), WindowMs: s.window.Milliseconds(), LockDelayMs: s.lockDelay.Milliseconds()}, until)
+			if rerr == nil {
+				s.mu.Lock()
+				if s.ended {
+					s.mu.Unlock()
+					nb.cancel()
+					return
+				}
+				s.stream = nb
+				s.mu.Unlock()
+				b = nb
+				break
+			}
+			err = rerr
 			if s.ctx.Err() != nil {
 				s.end(s.ctx.Err())
 				return
 			}
-			if final(err) || time.Now().After(s.expiry) {
-				s.end(fromWire(err))
-				return
-			}
-			t := time.NewTimer(backoff)
+			t := time.NewTimer(min(backoff, until-clock.Now()))
 			select {
 			case <-t.C:
 			case <-s.ctx.Done():
 				t.Stop()
-				continue
 			}
-			backoff = min(2*backoff, time.Second)
-			if _, err = s.open(&coordproxyv1.SessionRequest{Lease: int64(s.lease), GraceMs: s.grace}); err == nil {
-				break
-			}
+			backoff = min(2*backoff, s.window/4)
 		}
 	}
 }
+
+// beat sends a heartbeat every window/4 on b and takes the answers, until
+// the stream fails, the session ends, or a heartbeat goes unanswered for
+// half the window (the stream is then abandoned for a new one: the proxy
+// or the path to it may be stuck while another replica answers).
+func (s *Session) beat(b *beatStream) error {
+	stalled := make(chan struct{})
+	go func() {
+		t := time.NewTicker(s.window / 4)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+			case <-b.st.Context().Done():
+				return
+			}
+			now := clock.Now()
+			b.mu.Lock()
+			if len(b.sent) > 0 && now-b.sent[0].at > s.window/2 {
+				b.mu.Unlock()
+				close(stalled)
+				b.cancel()
+				return
+			}
+			b.n++
+			n := b.n
+			b.sent = append(b.sent, beatSent{n: n, at: now})
+			b.mu.Unlock()
+			if err := b.send(&coordproxyv1.SessionRequest{Heartbeat: n}); err != nil {
+				return // Recv sees why
+			}
+		}
+	}()
+	for {
+		resp, err := b.st.Recv()
+		if err != nil {
+			select {
+			case <-stalled:
+				return errStalled
+			default:
+			}
+			return fromWire(err)
+		}
+		if resp.Closed {
+			s.end(nil)
+			return nil
+		}
+		b.mu.Lock()
+		var sent time.Duration
+		found := false
+		for len(b.sent) > 0 && b.sent[0].n <= resp.Heartbeat {
+			if b.sent[0].n == resp.Heartbeat {
+				sent, found = b.sent[0].at, true
+			}
+			b.sent = b.sent[1:]
+		}
+		b.mu.Unlock()
+		if found {
+			s.answered(sent, resp)
+		}
+	}
+}
+
+// errStalled: a heartbeat went unanswered for half the window.
+var errStalled = status.Error(codes.Unavailable, "coordproxy did not answer a heartbeat within half the session's window")
 
 // final: the session cannot be resumed (the lease is gone, or the request
 // is refused as such).
@@ -185,11 +417,20 @@ func final(err error) bool {
 	return false
 }
 
+// end ends the session once: Done is closed, Ctx ends, Err is err.
 func (s *Session) end(err error) {
 	s.mu.Lock()
-	s.err = err
+	if s.ended {
+		s.mu.Unlock()
+		return
+	}
+	s.ended, s.err = true, err
+	if s.timer != nil {
+		s.timer.Stop()
+	}
 	s.mu.Unlock()
 	s.cancel()
+	close(s.done)
 }
 
 // Client is the client the session was made on.
@@ -198,33 +439,81 @@ func (s *Session) Client() *clientv3.Client { return s.client }
 // Lease is the session's lease.
 func (s *Session) Lease() clientv3.LeaseID { return s.lease }
 
+// Window is the session's window.
+func (s *Session) Window() time.Duration { return s.window }
+
+// LockDelay is the lock delay in force (the larger of the session's and
+// the proxy's).
+func (s *Session) LockDelay() time.Duration { return s.lockDelay }
+
 // Ctx ends when the session does.
 func (s *Session) Ctx() context.Context { return s.ctx }
 
-// Done is closed when the session has ended: closed, its lease gone, or
-// unresumable before the lease ran out. Err says why.
+// Done is closed when the session has ended: closed, its lease gone, its
+// window passed without an answer (at SafeUntil, from this process's own
+// timer), or its context ended. Err says why.
 func (s *Session) Done() <-chan struct{} { return s.done }
 
-// Err is why the session ended: nil after Close, else the error; nil while
-// it lasts.
+// Err is why the session ended: nil after Close; ErrSessionLost when its
+// window passed; else the error. nil while it lasts.
 func (s *Session) Err() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.err
 }
 
+// SafeUntil is the time before which nobody else can hold what this
+// session holds: a window (or the lease's least life in etcd, if shorter)
+// after the last answered heartbeat was sent, less a margin. It moves
+// later with each answer.
+func (s *Session) SafeUntil() time.Time {
+	return time.Now().Add(time.Duration(s.safe.Load()) - clock.Now())
+}
+
+// Remaining is how long the session is still safe: right before a write
+// that what it holds guards, Remaining() > 0 (or more than the write takes)
+// says the write cannot overlap the next holder's. It reads the clock and
+// nothing else; it is ≤ 0 once the session ended.
+func (s *Session) Remaining() time.Duration {
+	select {
+	case <-s.done:
+		return 0
+	default:
+	}
+	return time.Duration(s.safe.Load()) - clock.Now()
+}
+
+// Renewed has a value each time SafeUntil moved later (it holds one: read
+// SafeUntil after receiving).
+func (s *Session) Renewed() <-chan struct{} { return s.renewed }
+
+// inWindow is what a grant on l's lease that came back is worth: nothing
+// when l is a Session whose window passed meanwhile (the proxy may revoke
+// the lease any moment and others may already hold); the grant is kept, so
+// that Unlock, Release or Resign still gives it back.
+func inWindow(l Leaser) error {
+	s, ok := l.(*Session)
+	if !ok || s.Remaining() > 0 {
+		return nil
+	}
+	if err := s.Err(); err != nil {
+		return err
+	}
+	return ErrSessionLost
+}
+
 // Close ends the session and revokes its lease now: every lock and
 // leadership on it passes on.
 func (s *Session) Close() error {
 	s.mu.Lock()
-	st := s.stream
+	b := s.stream
 	s.mu.Unlock()
 	select {
 	case <-s.done:
 		return nil
 	default:
 	}
-	err := st.Send(&coordproxyv1.SessionRequest{Close: true})
+	err := b.send(&coordproxyv1.SessionRequest{Close: true})
 	if err == nil {
 		t := time.NewTimer(10 * time.Second)
 		defer t.Stop()
@@ -238,8 +527,8 @@ func (s *Session) Close() error {
 		}
 	}
 	// The proxy did not answer: revoke through the Lease service instead.
-	s.cancel()
-	<-s.done
+	s.end(context.Canceled)
+	<-s.exited
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_, err = s.client.Revoke(ctx, s.lease)

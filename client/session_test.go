@@ -122,3 +122,92 @@ func TestSession_endsWhenItsLeaseIsRevokedElsewhere(t *testing.T) {
 		t.Fatalf("Err: %v, want %v", s.Err(), rpctypes.ErrLeaseNotFound)
 	}
 }
+
+// Cut off from its proxy — its connections reset and new ones refused, or
+// every packet dropped — a holder's session ends at its SafeUntil, from its
+// own timer, before the next holder is granted; and the next holder is
+// granted a window later, not when the 30 s TTL runs out.
+func TestSession_aHolderCutOffConcludesItLostBeforeTheNextHolds(t *testing.T) {
+	for _, how := range []string{"reset and refused", "blackhole"} {
+		t.Run(how, func(t *testing.T) {
+			env := proxytest.New(t, proxy.Config{})
+			ctx := proxytest.Ctx(t)
+			relay := proxytest.NewRelay(t, env.Proxy.Addr().String())
+			cli := proxytest.Client(t, relay.Addr())
+			s, err := client.NewSession(cli, client.WithTTL(30))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := client.NewMutex(s, "cut").Lock(ctx); err != nil {
+				t.Fatal(err)
+			}
+			ended := make(chan time.Time, 1)
+			go func() { <-s.Done(); ended <- time.Now() }()
+			wcli := proxytest.Client(t, env.Proxy.Addr().String())
+			next := proxytest.Go(func() error {
+				ws, err := client.NewSession(wcli, client.WithTTL(30))
+				if err != nil {
+					return err
+				}
+				return client.NewMutex(ws, "cut").Lock(ctx)
+			})
+			env.WaitKeys(t, "cut/", 2)
+			if how == "blackhole" {
+				relay.Blackhole()
+			} else {
+				relay.Refuse()
+				relay.Reset()
+			}
+			if err := next.Wait(t); err != nil {
+				t.Fatal(err)
+			}
+			granted := time.Now()
+			select {
+			case at := <-ended:
+				if !at.Before(granted) {
+					t.Fatalf("the cut-off holder's session ended %s after the next holder was granted", at.Sub(granted))
+				}
+			default:
+				t.Fatalf("the next holder was granted while the cut-off holder's session goes on (%s left)", s.Remaining())
+			}
+			if safe := s.SafeUntil(); !safe.Before(granted) {
+				t.Fatalf("the cut-off holder was safe until %s after the next holder was granted", safe.Sub(granted))
+			}
+			if !errors.Is(s.Err(), client.ErrSessionLost) {
+				t.Fatalf("Err %v, want ErrSessionLost", s.Err())
+			}
+			if s.Remaining() > 0 {
+				t.Fatal("Remaining > 0 after the session was lost")
+			}
+		})
+	}
+}
+
+// Heartbeats keep a session safe for as long as it lasts: SafeUntil moves
+// with each answer and stays ahead of now, over many windows.
+func TestSession_heartbeatsKeepItSafe(t *testing.T) {
+	env := proxytest.New(t, proxy.Config{})
+	cli := proxytest.Client(t, env.Proxy.Addr().String())
+	s, err := client.NewSession(cli, client.WithTTL(30), client.WithWindow(300*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.Window() != 300*time.Millisecond || s.LockDelay() != 0 {
+		t.Fatalf("window %s, lock delay %s", s.Window(), s.LockDelay())
+	}
+	first := s.SafeUntil()
+	for range 10 {
+		select {
+		case <-s.Renewed():
+		case <-s.Done():
+			t.Fatalf("session ended: %v", s.Err())
+		}
+	}
+	if !s.SafeUntil().After(first) {
+		t.Fatal("SafeUntil did not move")
+	}
+	if s.Remaining() <= 0 || s.Remaining() > 300*time.Millisecond {
+		t.Fatalf("Remaining %s with a 300ms window", s.Remaining())
+	}
+}

@@ -65,6 +65,7 @@ type Etcd struct {
 	workers *workers
 	batches *batcher // nil: no group commit
 	leader  *leaderWatch
+	keeper  *keeper
 
 	stopCtx context.Context
 	stop    context.CancelFunc
@@ -152,6 +153,7 @@ func Dial(ctx context.Context, cfg Config) (*Etcd, error) {
 		e.batches = newBatcher(e, cfg.Registry, cfg.Batching == BatchAlways)
 	}
 	e.leader = newLeaderWatch(e.stopCtx, e.own.Watcher)
+	e.keeper = newKeeper(e)
 	return e, nil
 }
 

@@ -54,9 +54,15 @@ type Config struct {
 	// KeepaliveInterval and KeepaliveTimeout are the server's gRPC
 	// keepalive: a connection with nothing received for the interval is
 	// pinged, and closed if the ping is not answered within the timeout. A
-	// session whose client's host vanished or whose process is paused ends
-	// so (etcd's --grpc-keepalive-interval and --grpc-keepalive-timeout).
+	// session without heartbeats whose client's host vanished or whose
+	// process is paused ends so (etcd's --grpc-keepalive-interval and
+	// --grpc-keepalive-timeout); one with heartbeats ends a window after
+	// its last heartbeat.
 	KeepaliveInterval, KeepaliveTimeout time.Duration
+	// SessionLockDelay is the least lock delay of every session: after a
+	// session ended without a close (its window, or grace, passed), its
+	// lease is revoked only this much later. 0: none (the default).
+	SessionLockDelay time.Duration
 	// Pprof serves net/http/pprof under /debug/pprof/ on the HTTP side of
 	// the port.
 	Pprof bool

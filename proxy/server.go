@@ -267,7 +267,7 @@ func (s *Server) newGRPC() error {
 	coordproxyv1.RegisterSemaphoreServiceServer(s.grpc, semaphore.New(g))
 	coordproxyv1.RegisterRWLockServiceServer(s.grpc, rwlock.New(g))
 	coordproxyv1.RegisterElectionServiceServer(s.grpc, electionproxy.NewElections(g))
-	coordproxyv1.RegisterSessionServiceServer(s.grpc, session.New(g, s.log, session.NewMetrics(s.cfg.Registry)))
+	coordproxyv1.RegisterSessionServiceServer(s.grpc, session.New(g, s.log, session.NewMetrics(s.cfg.Registry), session.Config{LockDelay: s.cfg.SessionLockDelay}))
 	s.health = health.NewServer()
 	for _, svc := range append([]string{""}, servedServices...) {
 		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)

@@ -243,6 +243,15 @@ func TestKeepAlive_badOpeningsAreRefusedAndLeaveNothing(t *testing.T) {
 		{Ttl: 5, GraceMs: &neg},
 		{Lease: existing, GraceMs: &big},
 		{Ttl: 5, Close: true},
+		{Ttl: 5, Heartbeat: 1},
+		{Ttl: 5, WindowMs: 99},
+		{Ttl: 5, WindowMs: 300001},
+		{Ttl: 5, WindowMs: -750},
+		{Ttl: 5, WindowMs: 750, GraceMs: &neg},
+		{Ttl: 5, WindowMs: 750, GraceMs: new(int64)},
+		{Ttl: 5, WindowMs: 750, LockDelayMs: -1},
+		{Ttl: 5, WindowMs: 750, LockDelayMs: 60001},
+		{Lease: existing, WindowMs: 50},
 	} {
 		st, err := env.Sessions.KeepAlive(ctx)
 		if err != nil {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/coordproxy/coordproxy/proxy"
+	"github.com/coordproxy/coordproxy/session"
 	"github.com/kelseyhightower/envconfig"
 )
 
@@ -34,8 +35,9 @@ type Config struct {
 	DrainDelay          time.Duration `envconfig:"DRAIN_DELAY" flag:"drain-delay" default:"0s" desc:"on SIGINT/SIGTERM, how long to keep serving with /readyz 503 and health NOT_SERVING before refusing new calls; behind a load balancer, more than its health-check interval times its failure threshold; shorter than --shutdown-timeout"`
 	PolicyFile          string        `envconfig:"POLICY" flag:"policy" desc:"YAML file of rules matching caller identities to name prefixes and verbs (lock, elect, read, write, lease, admin); whatever no rule allows is refused; reloaded when it changes; empty: everyone may do everything"`
 	HandshakeTimeout    time.Duration `envconfig:"HANDSHAKE_TIMEOUT" flag:"handshake-timeout" default:"10s" desc:"close a new connection that has not shown its protocol (first bytes, HTTP/2 preface, TLS handshake, an HTTP/1.1 request's header) within this long"`
-	KeepaliveInterval   time.Duration `envconfig:"GRPC_KEEPALIVE_INTERVAL" flag:"grpc-keepalive-interval" default:"10s" desc:"ping a client connection after this long with nothing received from it; with --grpc-keepalive-timeout, how soon a vanished or paused client's sessions end"`
+	KeepaliveInterval   time.Duration `envconfig:"GRPC_KEEPALIVE_INTERVAL" flag:"grpc-keepalive-interval" default:"10s" desc:"ping a client connection after this long with nothing received from it; with --grpc-keepalive-timeout, how soon a vanished or paused client's sessions without heartbeats end"`
 	KeepaliveTimeout    time.Duration `envconfig:"GRPC_KEEPALIVE_TIMEOUT" flag:"grpc-keepalive-timeout" default:"5s" desc:"close a client connection whose ping is not answered within this long"`
+	SessionLockDelay    time.Duration `envconfig:"SESSION_LOCK_DELAY" flag:"session-lock-delay" default:"0s" desc:"the least lock delay of every session: after a session ends without a close (a window past its last heartbeat), its lease is revoked only this much later, so that a holder paused between checking its window and writing cannot overlap the next one by less; at most 1m"`
 	MaxEtcdRequests     int           `envconfig:"MAX_ETCD_REQUESTS" flag:"max-etcd-requests" default:"128" desc:"most unary etcd requests in flight at once; more calls wait in the proxy instead of overloading etcd"`
 	Namespace           string        `envconfig:"NAMESPACE" flag:"namespace" desc:"key prefix, ending in /, under which every key the proxy touches lives (locks, elections, KV, watches); keys in responses come back without it"`
 	LogLevel            string        `envconfig:"LOG_LEVEL" flag:"log-level" default:"info" desc:"debug, info, warn or error"`
@@ -165,6 +167,9 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 	case c.DrainDelay >= c.ShutdownTimeout:
 		return proxy.Config{}, 0, fmt.Errorf("invalid --drain-delay %s: must be shorter than --shutdown-timeout %s, which includes it", c.DrainDelay, c.ShutdownTimeout)
 	}
+	if c.SessionLockDelay < 0 || c.SessionLockDelay > session.MaxLockDelay {
+		return proxy.Config{}, 0, fmt.Errorf("invalid --session-lock-delay %s: must be between 0s and %s", c.SessionLockDelay, session.MaxLockDelay)
+	}
 	if c.MaxEtcdRequests <= 0 {
 		return proxy.Config{}, 0, fmt.Errorf("invalid --max-etcd-requests %d: must be positive", c.MaxEtcdRequests)
 	}
@@ -195,6 +200,7 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 		HandshakeTimeout:    c.HandshakeTimeout,
 		KeepaliveInterval:   c.KeepaliveInterval,
 		KeepaliveTimeout:    c.KeepaliveTimeout,
+		SessionLockDelay:    c.SessionLockDelay,
 		Pprof:               c.Pprof,
 		MaxEtcdRequests:     c.MaxEtcdRequests,
 		Namespace:           c.Namespace,

@@ -250,6 +250,7 @@ func TestConfig_defaultsAreProxyDefaults(t *testing.T) {
 		{"handshake-timeout", got.HandshakeTimeout, want.HandshakeTimeout},
 		{"grpc-keepalive-interval", got.KeepaliveInterval, want.KeepaliveInterval},
 		{"grpc-keepalive-timeout", got.KeepaliveTimeout, want.KeepaliveTimeout},
+		{"session-lock-delay", got.SessionLockDelay, want.SessionLockDelay},
 		{"max-etcd-requests", got.MaxEtcdRequests, want.MaxEtcdRequests},
 		{"namespace", got.Namespace, want.Namespace},
 	} {

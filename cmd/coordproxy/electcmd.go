@@ -23,8 +23,8 @@ With VALUE, campaigns through coordproxy to lead the election NAME (the
 election of etcd's Election service, concurrency.Election and etcdctl elect
 of that name) with VALUE, and leads, with a lease kept alive through a
 coordproxy session, until SIGINT or SIGTERM; then it resigns. Killed, it
-leads no more within a quarter of a second: the proxy revokes the session's
-lease when this process's connection closes. Without VALUE it only observes.
+leads no more within a second: the proxy revokes the session's lease a
+window (750 ms) after its last heartbeat. Without VALUE it only observes.
 
 Either way it prints every change of NAME's leadership on stdout, a line
 each: the time, the etcd revision of the change, and what changed:

@@ -32,8 +32,8 @@ SIGTERM and SIGHUP are passed on to CMD (SIGINT only when stdin is not a
 terminal: from a terminal, CMD gets Ctrl-C itself). If the lease is lost
 while CMD runs (coordproxy or etcd unreachable for longer than --ttl), CMD
 gets SIGTERM: it no longer holds the lock. If this process is killed, the
-proxy sees its connection close and revokes the lease within a quarter of a
-second: the lock passes on at once, not after --ttl. A replica that stops
+proxy revokes the lease a window (750 ms) after the session's last
+heartbeat: the lock passes on within a second, not after --ttl. A replica that stops
 releases nothing; with several in --addr the session resumes through
 another.
 

@@ -1134,8 +1134,29 @@ func (x *ObserveResponse) GetRevision() int64 {
 	return 0
 }
 
-// SessionRequest: the first message of a KeepAlive stream opens the session,
-// a later one may only close it.
+// SessionRequest: the first message of a KeepAlive stream opens the session;
+// a later one is a heartbeat or closes it.
+//
+// A session that heartbeats (window_ms set) is a lease in the proper sense:
+// the client knows, from its own clock alone, until when nobody else can
+// hold what it holds. It sends a heartbeat every window/4 or so; the proxy
+// answers each (and the first message) at once. For an answered message
+// sent at time s by the client's clock, the client is safe until
+//
+//	s + min(window_ms, lease_ms of the answer) - a margin of its own,
+//
+// because the proxy revokes the lease no sooner than window_ms after the
+// last heartbeat it received (a closed connection does not shorten that;
+// a resume through any replica within the window keeps the lease), and
+// the lease lives in etcd at least lease_ms after the answer was sent. The
+// two clocks need only run at the same rate. The client must stop using
+// what it holds at its safe-until from its own timer, without waiting for
+// the network. docs/extensions.md.
+//
+// A session without heartbeats (no window_ms) is revoked grace_ms after its
+// stream ends without a close: a client cut off, paused or behind a broken
+// connection is not told that it lost what it holds before others get it,
+// so it is safe only for work that is fenced.
 type SessionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// ttl, in seconds, grants a new lease for the session. Or:
@@ -1144,14 +1165,30 @@ type SessionRequest struct {
 	// granted (through any replica: a proxy that stops releases nothing), or
 	// one granted straight at etcd. Exactly one of ttl and lease is given.
 	Lease int64 `protobuf:"varint,2,opt,name=lease,proto3" json:"lease,omitempty"`
-	// grace_ms is how long after the client went away (the stream ended
-	// without close: cancelled, its connection closed, the server's keepalive
-	// gave up on it) the lease is revoked, unless the session was resumed
-	// meanwhile. Unset: 250 ms. At most the lease's TTL.
+	// grace_ms, for a session without heartbeats only: how long after the
+	// client went away (the stream ended without close: cancelled, its
+	// connection closed, the server's keepalive gave up on it) the lease is
+	// revoked, unless the session was resumed meanwhile. Unset: 250 ms. At
+	// most the lease's TTL.
 	GraceMs *int64 `protobuf:"varint,3,opt,name=grace_ms,json=graceMs,proto3,oneof" json:"grace_ms,omitempty"`
 	// close revokes the lease now and ends the session (closing the stream
-	// from the client's side does too).
-	Close         bool `protobuf:"varint,4,opt,name=close,proto3" json:"close,omitempty"`
+	// from the client's side does too, for a session without heartbeats).
+	Close bool `protobuf:"varint,4,opt,name=close,proto3" json:"close,omitempty"`
+	// window_ms, in the first message, makes the session heartbeat with this
+	// window: the lease is revoked window_ms (plus the lock delay) after the
+	// last heartbeat the proxy received, whatever happens to the stream, and
+	// never sooner. 100 to 300000. Resume with the same window.
+	WindowMs int64 `protobuf:"varint,5,opt,name=window_ms,json=windowMs,proto3" json:"window_ms,omitempty"`
+	// heartbeat, in a later message of a heartbeating session: the
+	// heartbeat's number (1, 2, ... on each stream); the answer carries it.
+	Heartbeat uint64 `protobuf:"varint,6,opt,name=heartbeat,proto3" json:"heartbeat,omitempty"`
+	// lock_delay_ms, in the first message: after the window has passed
+	// without a heartbeat (the client vanished, or is cut off or paused), the
+	// lease is revoked only this much later, so that a holder whose process
+	// paused between checking its window and writing cannot overlap the next
+	// holder by less than this (Chubby's and Consul's lock-delay). 0 to 60000;
+	// the proxy's --session-lock-delay is the least. Not after a close.
+	LockDelayMs   int64 `protobuf:"varint,7,opt,name=lock_delay_ms,json=lockDelayMs,proto3" json:"lock_delay_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1214,16 +1251,51 @@ func (x *SessionRequest) GetClose() bool {
 	return false
 }
 
-// SessionResponse: the first one when the session is open, one per refresh
-// of the lease, and the last one when close revoked it.
+func (x *SessionRequest) GetWindowMs() int64 {
+	if x != nil {
+		return x.WindowMs
+	}
+	return 0
+}
+
+func (x *SessionRequest) GetHeartbeat() uint64 {
+	if x != nil {
+		return x.Heartbeat
+	}
+	return 0
+}
+
+func (x *SessionRequest) GetLockDelayMs() int64 {
+	if x != nil {
+		return x.LockDelayMs
+	}
+	return 0
+}
+
+// SessionResponse: the first one when the session is open; then, for a
+// session that heartbeats, one answer per heartbeat; for one that does not,
+// one per refresh of the lease; and the last one when close revoked it.
 type SessionResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Header *ResponseHeader        `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
 	Lease  int64                  `protobuf:"varint,2,opt,name=lease,proto3" json:"lease,omitempty"`
-	// ttl is the seconds the lease has left after this refresh.
+	// ttl is the seconds the lease had left at its last refresh.
 	Ttl int64 `protobuf:"varint,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
 	// closed: the lease is revoked; the stream ends.
-	Closed        bool `protobuf:"varint,4,opt,name=closed,proto3" json:"closed,omitempty"`
+	Closed bool `protobuf:"varint,4,opt,name=closed,proto3" json:"closed,omitempty"`
+	// window_ms: the window in force (the first answer of a heartbeating
+	// session; 0 without heartbeats).
+	WindowMs int64 `protobuf:"varint,5,opt,name=window_ms,json=windowMs,proto3" json:"window_ms,omitempty"`
+	// heartbeat: the number of the heartbeat this answers; 0 answers the
+	// first message.
+	Heartbeat uint64 `protobuf:"varint,6,opt,name=heartbeat,proto3" json:"heartbeat,omitempty"`
+	// lease_ms: the lease lives in etcd at least this many milliseconds after
+	// this answer was sent (counted from when the proxy sent the keep-alive
+	// etcd last answered, as a lower bound), unless it is revoked. Set in
+	// every answer of a heartbeating session.
+	LeaseMs int64 `protobuf:"varint,7,opt,name=lease_ms,json=leaseMs,proto3" json:"lease_ms,omitempty"`
+	// lock_delay_ms: the lock delay in force (the first answer).
+	LockDelayMs   int64 `protobuf:"varint,8,opt,name=lock_delay_ms,json=lockDelayMs,proto3" json:"lock_delay_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1284,6 +1356,34 @@ func (x *SessionResponse) GetClosed() bool {
 		return x.Closed
 	}
 	return false
+}
+
+func (x *SessionResponse) GetWindowMs() int64 {
+	if x != nil {
+		return x.WindowMs
+	}
+	return 0
+}
+
+func (x *SessionResponse) GetHeartbeat() uint64 {
+	if x != nil {
+		return x.Heartbeat
+	}
+	return 0
+}
+
+func (x *SessionResponse) GetLeaseMs() int64 {
+	if x != nil {
+		return x.LeaseMs
+	}
+	return 0
+}
+
+func (x *SessionResponse) GetLockDelayMs() int64 {
+	if x != nil {
+		return x.LockDelayMs
+	}
+	return 0
 }
 
 var File_coordproxy_v1_coordproxy_proto protoreflect.FileDescriptor
@@ -1366,18 +1466,25 @@ const file_coordproxy_v1_coordproxy_proto_rawDesc = "" +
 	"\rEVENT_CURRENT\x10\x01\x12\x11\n" +
 	"\rEVENT_ELECTED\x10\x02\x12\x14\n" +
 	"\x10EVENT_PROCLAIMED\x10\x03\x12\x13\n" +
-	"\x0fEVENT_NO_LEADER\x10\x04\"{\n" +
+	"\x0fEVENT_NO_LEADER\x10\x04\"\xda\x01\n" +
 	"\x0eSessionRequest\x12\x10\n" +
 	"\x03ttl\x18\x01 \x01(\x03R\x03ttl\x12\x14\n" +
 	"\x05lease\x18\x02 \x01(\x03R\x05lease\x12\x1e\n" +
 	"\bgrace_ms\x18\x03 \x01(\x03H\x00R\agraceMs\x88\x01\x01\x12\x14\n" +
-	"\x05close\x18\x04 \x01(\bR\x05closeB\v\n" +
-	"\t_grace_ms\"\x88\x01\n" +
+	"\x05close\x18\x04 \x01(\bR\x05close\x12\x1b\n" +
+	"\twindow_ms\x18\x05 \x01(\x03R\bwindowMs\x12\x1c\n" +
+	"\theartbeat\x18\x06 \x01(\x04R\theartbeat\x12\"\n" +
+	"\rlock_delay_ms\x18\a \x01(\x03R\vlockDelayMsB\v\n" +
+	"\t_grace_ms\"\x82\x02\n" +
 	"\x0fSessionResponse\x125\n" +
 	"\x06header\x18\x01 \x01(\v2\x1d.coordproxy.v1.ResponseHeaderR\x06header\x12\x14\n" +
 	"\x05lease\x18\x02 \x01(\x03R\x05lease\x12\x10\n" +
 	"\x03ttl\x18\x03 \x01(\x03R\x03ttl\x12\x16\n" +
-	"\x06closed\x18\x04 \x01(\bR\x06closed2\x95\x02\n" +
+	"\x06closed\x18\x04 \x01(\bR\x06closed\x12\x1b\n" +
+	"\twindow_ms\x18\x05 \x01(\x03R\bwindowMs\x12\x1c\n" +
+	"\theartbeat\x18\x06 \x01(\x04R\theartbeat\x12\x19\n" +
+	"\blease_ms\x18\a \x01(\x03R\aleaseMs\x12\"\n" +
+	"\rlock_delay_ms\x18\b \x01(\x03R\vlockDelayMs2\x95\x02\n" +
 	"\vLockService\x12:\n" +
 	"\aTryLock\x12\x1a.coordproxy.v1.LockRequest\x1a\x13.coordproxy.v1.Held\x127\n" +
 	"\x04Lock\x12\x1a.coordproxy.v1.LockRequest\x1a\x13.coordproxy.v1.Held\x12E\n" +

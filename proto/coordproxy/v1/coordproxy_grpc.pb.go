@@ -804,8 +804,9 @@ const (
 //
 // SessionService holds a lease for as long as its client is there: every
 // lock, semaphore place, read/write lock and leadership on the lease passes
-// on within the grace once the client's process dies (its connection
-// closes), instead of when the TTL runs out. docs/extensions.md.
+// on once the client is gone, instead of when the TTL runs out — and, for a
+// session that heartbeats, only after the client has itself concluded that
+// it lost them. docs/extensions.md.
 type SessionServiceClient interface {
 	KeepAlive(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SessionRequest, SessionResponse], error)
 }
@@ -837,8 +838,9 @@ type SessionService_KeepAliveClient = grpc.BidiStreamingClient[SessionRequest, S
 //
 // SessionService holds a lease for as long as its client is there: every
 // lock, semaphore place, read/write lock and leadership on the lease passes
-// on within the grace once the client's process dies (its connection
-// closes), instead of when the TTL runs out. docs/extensions.md.
+// on once the client is gone, instead of when the TTL runs out — and, for a
+// session that heartbeats, only after the client has itself concluded that
+// it lost them. docs/extensions.md.
 type SessionServiceServer interface {
 	KeepAlive(grpc.BidiStreamingServer[SessionRequest, SessionResponse]) error
 	mustEmbedUnimplementedSessionServiceServer()
