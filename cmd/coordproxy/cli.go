@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/coordproxy/coordproxy/client"
+	"github.com/coordproxy/coordproxy/session"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -28,6 +29,8 @@ const defaultAddr = "127.0.0.1:23790"
 type cliFlags struct {
 	addr        string
 	ttl         int
+	window      time.Duration
+	lockDelay   time.Duration
 	dialTimeout time.Duration
 	cacert      string
 	cert        string
@@ -41,6 +44,8 @@ func (c *cliFlags) register(fs *flag.FlagSet) {
 	}
 	fs.StringVar(&c.addr, "addr", addr, "comma-separated host:port of coordproxy replicas (env COORDPROXY_ADDR)")
 	fs.IntVar(&c.ttl, "ttl", 10, "TTL in seconds of the lease held while waiting and holding; kept alive while the command runs")
+	fs.DurationVar(&c.window, "window", client.DefaultWindow, "the session's window: coordproxy releases what this process holds this long after its last heartbeat (if it dies, is cut off or paused), and this process stops its command before then; longer rides out longer network trouble")
+	fs.DurationVar(&c.lockDelay, "lock-delay", 0, "ask coordproxy to release what this process holds only this much after the window passed without a heartbeat (at most 1m): for a command that may pause and writes to something that cannot check the fencing token")
 	fs.DurationVar(&c.dialTimeout, "dial-timeout", 5*time.Second, "bound for connecting to coordproxy")
 	fs.StringVar(&c.cacert, "cacert", "", "CA certificates (PEM) that verify a coordproxy serving TLS")
 	fs.StringVar(&c.cert, "cert", "", "client certificate (PEM) for a coordproxy that requires one")
@@ -50,6 +55,12 @@ func (c *cliFlags) register(fs *flag.FlagSet) {
 func (c *cliFlags) check() error {
 	if c.ttl < 1 {
 		return fmt.Errorf("invalid --ttl %d: must be at least 1 second", c.ttl)
+	}
+	if c.window < session.MinWindow || c.window > session.MaxWindow {
+		return fmt.Errorf("invalid --window %s: must be between %s and %s", c.window, session.MinWindow, session.MaxWindow)
+	}
+	if c.lockDelay < 0 || c.lockDelay > session.MaxLockDelay {
+		return fmt.Errorf("invalid --lock-delay %s: must be between 0s and %s", c.lockDelay, session.MaxLockDelay)
 	}
 	if (c.cert == "") != (c.key == "") {
 		return errors.New("--cert and --key go together")
@@ -95,7 +106,26 @@ func (c *cliFlags) dial(ctx context.Context) (*clientv3.Client, error) {
 
 // session grants the lease the command holds with, kept alive until Close.
 func (c *cliFlags) session(cli *clientv3.Client) (*client.Session, error) {
-	return client.NewSession(cli, client.WithTTL(int64(c.ttl)))
+	return client.NewSession(cli, client.WithTTL(int64(c.ttl)), client.WithWindow(c.window), client.WithLockDelay(c.lockDelay))
+}
+
+// killGrace registers --kill-grace, for the commands that run CMD.
+func killGrace(fs *flag.FlagSet) *time.Duration {
+	return fs.Duration("kill-grace", defaultKillGrace, "how long before the session's safe-until CMD and every process it started get SIGTERM when the session is not renewed in time (SIGKILL follows at safe-until); at most half of --window")
+}
+
+// defaultKillGrace leaves CMD a third of the default window to stop after
+// SIGTERM, while heartbeats every quarter window never let a healthy
+// session come that close.
+const defaultKillGrace = 250 * time.Millisecond
+
+// checkKillGrace: with more than half the window, a healthy session whose
+// answers come a little late would already get SIGTERM.
+func checkKillGrace(grace, window time.Duration) error {
+	if grace < 0 || grace > window/2 {
+		return fmt.Errorf("invalid --kill-grace %s: must be between 0s and half of --window (%s)", grace, window/2)
+	}
+	return nil
 }
 
 // parseCLI parses a subcommand's flags; done is true when it printed help

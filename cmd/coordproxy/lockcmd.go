@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"os/signal"
 	"strconv"
 	"syscall"
@@ -21,21 +20,27 @@ const lockUsage = `Usage: coordproxy lock [flags] NAME [-- CMD ARGS...]
 
 Takes the lock NAME through coordproxy (the lock of etcd's Lock service,
 concurrency.Mutex and etcdctl lock of that name) and holds it, with a lease
-kept alive through a coordproxy session, while CMD runs. CMD gets the lock in
-its environment:
+kept by a coordproxy session, while CMD runs. CMD gets the lock in its
+environment:
   COORDPROXY_LOCK_KEY        the ownership key
   COORDPROXY_FENCING_TOKEN   the key's create revision: pass it with writes
                              so that a resource can refuse an older holder
   COORDPROXY_LEASE           the lease, in hex
-The lock is released when CMD exits, and the exit code is CMD's. SIGINT,
-SIGTERM and SIGHUP are passed on to CMD (SIGINT only when stdin is not a
-terminal: from a terminal, CMD gets Ctrl-C itself). If the lease is lost
-while CMD runs (coordproxy or etcd unreachable for longer than --ttl), CMD
-gets SIGTERM: it no longer holds the lock. If this process is killed, the
-proxy revokes the lease a window (750 ms) after the session's last
-heartbeat: the lock passes on within a second, not after --ttl. A replica that stops
-releases nothing; with several in --addr the session resumes through
-another.
+The lock is released when CMD and every process it started have exited, and
+the exit code is CMD's. SIGINT, SIGTERM and SIGHUP are passed on to CMD's
+process group; from a terminal, CMD is in the foreground and gets Ctrl-C.
+
+No process outlives the lock. The session heartbeats; coordproxy releases
+the lock --window (750ms) after the last heartbeat it received, and this
+command knows from its own clock until when nobody else can hold it. If the
+session is not renewed in time (coordproxy or the network to it gone, this
+process paused), CMD and every process it started get SIGTERM --kill-grace
+ahead of that time and SIGKILL at it — before anyone else can hold the lock.
+If this process is killed, they are killed at once (a small supervisor
+process stays with them for this). A replica that stops releases nothing:
+with several in --addr the session resumes through another. Processes still
+running when CMD exits get SIGTERM, then SIGKILL after --kill-grace, before
+the lock is released.
 
 Without CMD, prints the key and holds the lock until SIGINT or SIGTERM.
 While waiting, stderr shows who holds the lock and since when.
@@ -52,6 +57,7 @@ func lockCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	var cf cliFlags
 	cf.register(fs)
 	try := fs.Bool("try", false, "fail at once (exit 3, naming the holder) if the lock is held or waited for, instead of waiting")
+	grace := killGrace(fs)
 	if code, done := parseCLI(fs, lockUsage, args, stdout, stderr); done {
 		return code
 	}
@@ -67,6 +73,9 @@ func lockCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return cliUsageError(stderr, fs.Name(), "the lock NAME must not be empty")
 	}
 	if err := cf.check(); err != nil {
+		return cliUsageError(stderr, fs.Name(), err.Error())
+	}
+	if err := checkKillGrace(*grace, cf.window); err != nil {
 		return cliUsageError(stderr, fs.Name(), err.Error())
 	}
 	fail := func(format string, a ...any) int {
@@ -151,60 +160,12 @@ func lockCmd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return fail("lost %s: the lease ended", name)
 		}
 	}
-	return runHolding(command, m, sess, sigs, stdin, stdout, stderr)
-}
-
-// runHolding runs command while m is held and returns its exit code.
-func runHolding(command []string, m *client.Mutex, sess *client.Session, sigs chan os.Signal, stdin io.Reader, stdout, stderr io.Writer) int {
-	cmd := exec.Command(command[0], command[1:]...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, stderr
-	cmd.Env = append(os.Environ(),
+	env := append(os.Environ(),
 		"COORDPROXY_LOCK_KEY="+m.Key(),
 		"COORDPROXY_FENCING_TOKEN="+strconv.FormatInt(m.FencingToken(), 10),
 		fmt.Sprintf("COORDPROXY_LEASE=%x", int64(sess.Lease())),
 	)
-	if err := cmd.Start(); err != nil {
-		fmt.Fprintf(stderr, "coordproxy lock: %s\n", oneLine(err))
-		return 1
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	lost := false
-	sessDone := sess.Done()
-	for {
-		select {
-		case s := <-sigs:
-			if s == syscall.SIGINT && isTerminal(stdin) {
-				continue // CMD, in the same foreground process group, got it too
-			}
-			_ = cmd.Process.Signal(s)
-		case <-sessDone:
-			sessDone = nil
-			lost = true
-			fmt.Fprintf(stderr, "coordproxy lock: lost %s: the lease ended; sending SIGTERM to %s\n", m.Key(), command[0])
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-		case err := <-exited:
-			code := exitCode(cmd, err)
-			if lost && code == 0 {
-				return 1
-			}
-			return code
-		}
-	}
-}
-
-// exitCode is CMD's exit code, 128+n if signal n ended it.
-func exitCode(cmd *exec.Cmd, err error) int {
-	if err == nil {
-		return 0
-	}
-	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		return 128 + int(ws.Signal())
-	}
-	if cmd.ProcessState != nil {
-		return cmd.ProcessState.ExitCode()
-	}
-	return 1
+	return runGuarded("lock", "the lock "+name, command, env, sess, *grace, sigs, stdin, stdout, stderr)
 }
 
 // showWaiting shows on stderr, while Lock waits, who holds the lock and

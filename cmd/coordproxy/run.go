@@ -21,7 +21,8 @@ import (
 // exit 2, failures while running exit 1, both with one line on stderr.
 // `coordproxy probe URL` is the health check command instead (probe.go);
 // `coordproxy lock|elect|describe` are clients of a running proxy
-// (lockcmd.go, electcmd.go, describecmd.go).
+// (lockcmd.go, electcmd.go, describecmd.go); `coordproxy __supervise` is the
+// supervisor lock and elect run their command under (supervise.go).
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 {
 		switch args[0] {
@@ -30,9 +31,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		case "lock":
 			return lockCmd(args[1:], os.Stdin, stdout, stderr)
 		case "elect":
-			return electCmd(args[1:], stdout, stderr)
+			return electCmd(args[1:], os.Stdin, stdout, stderr)
 		case "describe":
 			return describeCmd(args[1:], stdout, stderr)
+		case superviseArg:
+			return supervise(args[1:])
 		}
 	}
 	m := &Main{Stdout: stdout, Stderr: stderr}
