@@ -21,6 +21,11 @@
 //	// that can check it, m.IsOwner() in the transaction or m.FencingToken()
 //	defer m.Unlock(ctx)
 //
+// On a Session, every wait for a grant (Lock, TryLock, Acquire, RLock,
+// Campaign) ends when the Session does, with its error (ErrSessionLost once
+// its window passed), and a grant that comes back after the window passed
+// returns that error instead of success.
+//
 // Keys are etcd's: a Mutex here excludes a concurrency.Mutex of the same
 // name, an RWMutex a recipes.RWMutex, and an Election is the same election
 // as a concurrency.Election. Errors etcd defines come back as

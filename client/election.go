@@ -35,9 +35,10 @@ func NewElection(s Leaser, name string) *Election {
 // after waiting, where etcd does not); leadership won after a Session's
 // window passed returns the Session's error (Resign gives it back).
 func (e *Election) Campaign(ctx context.Context, val string) error {
+	ctx, end := sessionBound(ctx, e.s)
 	resp, err := e.elec.Campaign(ctx, &epb.CampaignRequest{Name: []byte(e.name), Lease: int64(e.s.Lease()), Value: []byte(val)})
-	if err != nil {
-		return fromWire(err)
+	if err = end(fromWire(err)); err != nil {
+		return err
 	}
 	e.leader, e.hdr = resp.Leader, resp.Header
 	return inWindow(e.s)

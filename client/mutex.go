@@ -27,9 +27,10 @@ func NewMutex(s Leaser, name string) *Mutex {
 // comes back after a Session's window passed, the Session's error (the
 // mutex counts as held: Unlock gives it back).
 func (m *Mutex) Lock(ctx context.Context) error {
+	ctx, end := sessionBound(ctx, m.s)
 	h, err := m.locks.Lock(ctx, &coordproxyv1.LockRequest{Name: []byte(m.name), Lease: int64(m.s.Lease())})
-	if err != nil {
-		return fromWire(err)
+	if err = end(fromWire(err)); err != nil {
+		return err
 	}
 	m.held = h
 	return inWindow(m.s)
@@ -39,9 +40,10 @@ func (m *Mutex) Lock(ctx context.Context) error {
 // returns a *LockedError (errors.Is concurrency.ErrLocked) naming the holder,
 // and writes nothing.
 func (m *Mutex) TryLock(ctx context.Context) error {
+	ctx, end := sessionBound(ctx, m.s)
 	h, err := m.locks.TryLock(ctx, &coordproxyv1.LockRequest{Name: []byte(m.name), Lease: int64(m.s.Lease())})
-	if err != nil {
-		return fromWire(err)
+	if err = end(fromWire(err)); err != nil {
+		return err
 	}
 	m.held = h
 	return inWindow(m.s)

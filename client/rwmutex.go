@@ -23,19 +23,23 @@ func NewRWMutex(s Leaser, prefix string) *RWMutex {
 
 // RLock waits until no earlier writer holds or waits.
 func (m *RWMutex) RLock(ctx context.Context) error {
-	return m.take(m.rw.RLock(ctx, &coordproxyv1.RWLockRequest{Name: []byte(m.name), Lease: int64(m.s.Lease())}))
+	ctx, end := sessionBound(ctx, m.s)
+	h, err := m.rw.RLock(ctx, &coordproxyv1.RWLockRequest{Name: []byte(m.name), Lease: int64(m.s.Lease())})
+	return m.take(h, end(fromWire(err)))
 }
 
 // Lock waits until every earlier reader and writer is gone.
 func (m *RWMutex) Lock(ctx context.Context) error {
-	return m.take(m.rw.WLock(ctx, &coordproxyv1.RWLockRequest{Name: []byte(m.name), Lease: int64(m.s.Lease())}))
+	ctx, end := sessionBound(ctx, m.s)
+	h, err := m.rw.WLock(ctx, &coordproxyv1.RWLockRequest{Name: []byte(m.name), Lease: int64(m.s.Lease())})
+	return m.take(h, end(fromWire(err)))
 }
 
 // take keeps a grant; one that came back after a Session's window passed
 // returns the Session's error (Unlock gives it back).
 func (m *RWMutex) take(h *coordproxyv1.Held, err error) error {
 	if err != nil {
-		return fromWire(err)
+		return err
 	}
 	m.held = h
 	return inWindow(m.s)

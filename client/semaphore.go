@@ -27,9 +27,10 @@ func NewSemaphore(s Leaser, name string, limit int64) *Semaphore {
 // Session's window passed returns the Session's error (Release gives it
 // back).
 func (m *Semaphore) Acquire(ctx context.Context) error {
+	ctx, end := sessionBound(ctx, m.s)
 	h, err := m.sems.Acquire(ctx, &coordproxyv1.AcquireRequest{Name: []byte(m.name), Lease: int64(m.s.Lease()), Limit: m.limit})
-	if err != nil {
-		return fromWire(err)
+	if err = end(fromWire(err)); err != nil {
+		return err
 	}
 	m.held = h
 	return inWindow(m.s)

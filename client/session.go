@@ -487,6 +487,31 @@ func (s *Session) Remaining() time.Duration {
 // SafeUntil after receiving).
 func (s *Session) Renewed() <-chan struct{} { return s.renewed }
 
+// sessionBound ends ctx when l's Session ends (if l is one): a wait for a
+// grant on a lease the session no longer keeps is over, even when the
+// connection it waits on hangs. end gives the call's error: the session's
+// when the session ended the call.
+func sessionBound(ctx context.Context, l Leaser) (context.Context, func(error) error) {
+	s, ok := l.(*Session)
+	if !ok {
+		return ctx, func(err error) error { return err }
+	}
+	parent := ctx
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(s.ctx, cancel)
+	return ctx, func(err error) error {
+		stop()
+		cancel()
+		if err != nil && parent.Err() == nil && s.ctx.Err() != nil {
+			if e := s.Err(); e != nil {
+				return e
+			}
+			return ErrSessionLost
+		}
+		return err
+	}
+}
+
 // inWindow is what a grant on l's lease that came back is worth: nothing
 // when l is a Session whose window passed meanwhile (the proxy may revoke
 // the lease any moment and others may already hold); the grant is kept, so

@@ -211,3 +211,62 @@ func TestSession_heartbeatsKeepItSafe(t *testing.T) {
 		t.Fatalf("Remaining %s with a 300ms window", s.Remaining())
 	}
 }
+
+// A session whose replica goes away resumes through another one, within
+// its window, even when that other one was unreachable for a while before
+// (its connection waiting out a reconnect backoff of seconds).
+func TestSession_resumesThroughAReplicaThatWasDownBefore(t *testing.T) {
+	a := proxytest.New(t, proxy.Config{})
+	b := proxytest.NewProxyEnv(t, a.Etcd, a.Etcd.URL, proxy.Config{})
+	ctx := proxytest.Ctx(t)
+	toA, toB := proxytest.NewRelay(t, a.Proxy.Addr().String()), proxytest.NewRelay(t, b.Proxy.Addr().String())
+	toB.Refuse()
+	cli := proxytest.Client(t, toA.Addr(), toB.Addr())
+	s, err := client.NewSession(cli, client.WithTTL(30))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := client.NewMutex(s, "kept").Lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Long enough for the connection's backoff to grow past a window.
+	time.Sleep(8 * time.Second)
+	toB.Accept()
+	toA.Refuse()
+	toA.Reset()
+	proxytest.WaitFor(t, 30*time.Second, func() (bool, string) {
+		return b.Metric(t, "coordproxy_sessions", nil) == 1, "the session did not resume on the other replica"
+	})
+	select {
+	case <-s.Done():
+		t.Fatalf("the session ended: %v", s.Err())
+	default:
+	}
+}
+
+// A Lock that waits on a session that is lost meanwhile returns the
+// session's error instead of waiting on a connection that hangs.
+func TestSession_aWaitEndsWhenItsSessionIsLost(t *testing.T) {
+	env := proxytest.New(t, proxy.Config{})
+	ctx := proxytest.Ctx(t)
+	holder, err := client.NewSession(proxytest.Client(t, env.Proxy.Addr().String()), client.WithTTL(30))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	if err := client.NewMutex(holder, "busy").Lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	relay := proxytest.NewRelay(t, env.Proxy.Addr().String())
+	s, err := client.NewSession(proxytest.Client(t, relay.Addr()), client.WithTTL(30))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait := proxytest.Go(func() error { return client.NewMutex(s, "busy").Lock(ctx) })
+	env.WaitKeys(t, "busy/", 2)
+	relay.Blackhole()
+	if err := wait.Wait(t); !errors.Is(err, client.ErrSessionLost) {
+		t.Fatalf("the wait on a lost session: %v, want ErrSessionLost", err)
+	}
+}

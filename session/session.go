@@ -283,23 +283,41 @@ func (s *Service) open(ctx context.Context, first *coordproxyv1.SessionRequest) 
 		return ss, &coordproxyv1.SessionResponse{Header: grant.Header(t.Header), Lease: int64(ss.lease), Ttl: g.TTL}, nil
 	}
 	ss.lease = clientv3.LeaseID(first.Lease)
-	sent := time.Now()
-	ttl, err := cli.TimeToLive(ctx, ss.lease)
-	if err != nil {
-		return nil, nil, err
-	}
-	if ttl.TTL <= 0 {
-		return nil, nil, rpctypes.ErrGRPCLeaseNotFound
-	}
-	if ss.grace > time.Duration(ttl.GrantedTTL)*time.Second {
-		return nil, nil, errGrace
-	}
-	// Adopt: write the record unless a proxy has decided to revoke.
+	// Adopt: write the record unless a proxy has decided to revoke (a put
+	// on a lease that is gone fails). A session that heartbeats has a
+	// window to resume in, which a replica that died leaves to the other
+	// replica's etcd round trips: the adopt and the read of the TTL go
+	// at once. Without heartbeats the grace is checked against the TTL
+	// first.
 	rec := RecordKey(ss.lease)
 	put := clientv3.OpPut(rec, ss.id, clientv3.WithLease(ss.lease))
-	t, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(rec), "=", 0)).Then(put).
-		Else(clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(rec), "!=", revoking)}, []clientv3.Op{put}, nil)).
-		Commit()
+	adopt := func() (*clientv3.TxnResponse, error) {
+		return cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(rec), "=", 0)).Then(put).
+			Else(clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(rec), "!=", revoking)}, []clientv3.Op{put}, nil)).
+			Commit()
+	}
+	sent := time.Now()
+	var t *clientv3.TxnResponse
+	var adoptErr error
+	adopted := make(chan struct{})
+	if ss.window > 0 {
+		go func() { t, adoptErr = adopt(); close(adopted) }()
+	}
+	ttl, err := cli.TimeToLive(ctx, ss.lease)
+	if err == nil && ttl.TTL <= 0 {
+		err = rpctypes.ErrGRPCLeaseNotFound
+	}
+	if err == nil && ss.grace > time.Duration(ttl.GrantedTTL)*time.Second {
+		err = errGrace
+	}
+	if ss.window > 0 {
+		<-adopted
+	} else if err == nil {
+		t, adoptErr = adopt()
+	}
+	if err == nil {
+		err = adoptErr
+	}
 	if err != nil {
 		return nil, nil, err
 	}

@@ -15,11 +15,12 @@ type Relay struct {
 	to   string
 	addr string
 
-	mu     sync.Mutex
-	ln     net.Listener
-	conns  map[*relayPair]struct{}
-	gate   chan struct{} // closed while bytes pass; open while blackholed
-	closed bool
+	mu      sync.Mutex
+	ln      net.Listener
+	conns   map[*relayPair]struct{}
+	gate    chan struct{} // closed while bytes pass; open while blackholed
+	refused bool
+	closed  bool
 }
 
 type relayPair struct{ a, b *net.TCPConn }
@@ -28,26 +29,14 @@ type relayPair struct{ a, b *net.TCPConn }
 // closed at cleanup.
 func NewRelay(t testing.TB, to string) *Relay {
 	t.Helper()
-	r := &Relay{t: t, to: to, addr: FreeAddr(t), conns: map[*relayPair]struct{}{}, gate: make(chan struct{})}
-	close(r.gate)
-	if err := r.listen(); err != nil {
+	// Its own port from the start: a port found free and listened on later
+	// may meanwhile be taken by an outgoing connection.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
 		t.Fatalf("relay: %v", err)
 	}
-	t.Cleanup(r.close)
-	return r
-}
-
-// Addr is where clients connect.
-func (r *Relay) Addr() string { return r.addr }
-
-func (r *Relay) listen() error {
-	ln, err := net.Listen("tcp", r.addr)
-	if err != nil {
-		return err
-	}
-	r.mu.Lock()
-	r.ln = ln
-	r.mu.Unlock()
+	r := &Relay{t: t, to: to, addr: ln.Addr().String(), ln: ln, conns: map[*relayPair]struct{}{}, gate: make(chan struct{})}
+	close(r.gate)
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -57,10 +46,22 @@ func (r *Relay) listen() error {
 			go r.relay(c.(*net.TCPConn))
 		}
 	}()
-	return nil
+	t.Cleanup(r.close)
+	return r
 }
 
+// Addr is where clients connect.
+func (r *Relay) Addr() string { return r.addr }
+
 func (r *Relay) relay(a *net.TCPConn) {
+	r.mu.Lock()
+	refused := r.refused
+	r.mu.Unlock()
+	if refused {
+		a.SetLinger(0)
+		a.Close()
+		return
+	}
 	// A blackholed relay takes connections and passes nothing, as a
 	// network that drops every packet leaves a connect hanging.
 	r.wait()
@@ -132,22 +133,20 @@ func (r *Relay) Reset() {
 	}
 }
 
-// Refuse stops listening: new connections are refused until Accept.
+// Refuse refuses new connections until Accept: each is reset as soon as
+// it is made (the port stays the relay's, so that no other socket takes it
+// meanwhile).
 func (r *Relay) Refuse() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.ln != nil {
-		r.ln.Close()
-		r.ln = nil
-	}
+	r.refused = true
 }
 
-// Accept listens again on the same address.
+// Accept ends Refuse.
 func (r *Relay) Accept() {
-	r.t.Helper()
-	if err := r.listen(); err != nil {
-		r.t.Fatalf("relay: listen again: %v", err)
-	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.refused = false
 }
 
 // Blackhole lets nothing through either way, on open and new connections,
@@ -174,7 +173,7 @@ func (r *Relay) Heal() {
 }
 
 func (r *Relay) close() {
-	r.Refuse()
+	r.ln.Close()
 	r.Heal()
 	r.mu.Lock()
 	r.closed = true
