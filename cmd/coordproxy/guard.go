@@ -30,7 +30,7 @@ type guarded struct {
 // guardResult is how the guarded command ended.
 type guardResult struct {
 	code     int  // its exit code (128+n for signal n)
-	deadline bool // the supervisor killed it at the deadline
+	deadline bool // the supervisor stopped it at the deadline
 	died     bool // the supervisor died without a word
 }
 
@@ -96,8 +96,9 @@ func (g *guarded) read(rep *os.File) {
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
 		switch {
-		case len(f) == 2 && f[0] == "exit":
+		case len(f) >= 2 && f[0] == "exit":
 			r.code, _ = strconv.Atoi(f[1])
+			r.deadline = len(f) == 3 && f[2] == "deadline"
 			reported = true
 		case len(f) == 1 && f[0] == "deadline":
 			r.deadline, reported = true, true

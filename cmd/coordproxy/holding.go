@@ -16,7 +16,8 @@ import (
 const killFallback = 50 * time.Millisecond
 
 // runGuarded runs command, under the supervisor (guard.go), while sess
-// holds what (a lock, a leadership) and returns its exit code. The
+// holds what (a lock, a leadership) and returns its exit code: 1 if it was
+// stopped because the session was lost or not renewed in time. The
 // supervisor's deadline follows the session's SafeUntil: the command and
 // everything it started get SIGTERM grace ahead of it and SIGKILL at it,
 // unless the session is renewed meanwhile, and SIGKILL at once if this
@@ -54,10 +55,10 @@ func runGuarded(sub string, what string, command, env []string, sess *client.Ses
 				return 1
 			case r.deadline && !lost:
 				lost = true
-				say("lost %s: the session was not renewed in time (%s); %s and every process it started were killed", what, sess.Window(), command[0])
+				say("lost %s: the session was not renewed in time (window %s); %s and every process it started were stopped", what, sess.Window(), command[0])
 			}
-			if lost && r.code == 0 {
-				return 1
+			if lost {
+				return 1 // whatever CMD's code: it was stopped
 			}
 			return r.code
 		}

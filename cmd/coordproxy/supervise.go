@@ -39,8 +39,9 @@ import (
 //     gone.
 //
 // It reports to the CLI on a second pipe: "pid N" when the command runs,
-// "exit CODE" when it and its descendants are gone, "deadline" when it
-// killed them at the deadline.
+// "exit CODE" when it and its descendants are gone ("exit CODE deadline" if
+// that came after the SIGTERM of a deadline), "deadline" when it killed them
+// at the deadline.
 
 // superviseArg is the hidden subcommand that runs the supervisor:
 // coordproxy __supervise KILL_GRACE DEADLINE_NS -- CMD ARGS...
@@ -161,7 +162,12 @@ func supervise(args []string) int {
 				}
 				killAll(self, syscall.SIGKILL)
 			}
-			fmt.Fprintf(report, "exit %d\n", code)
+			if termed {
+				// Stopped for want of renewal: the CLI says so.
+				fmt.Fprintf(report, "exit %d deadline\n", code)
+			} else {
+				fmt.Fprintf(report, "exit %d\n", code)
+			}
 			return 0
 		}
 	}
