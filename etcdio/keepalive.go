@@ -43,6 +43,7 @@ type KeptLease struct {
 	l *kaLease
 
 	refreshed chan struct{} // a value after each answer (cap 1)
+	known     chan struct{} // closed once the lease's expiry is known
 	lost      chan struct{} // closed once the lease is gone or may be
 	done      bool          // lost or stopped; under g.mu
 }
@@ -51,6 +52,8 @@ type KeptLease struct {
 // session resumed on the same replica before its old stream ended).
 type kaLease struct {
 	id     clientv3.LeaseID
+	known  bool      // expiry is known (given, or etcd answered)
+	since  time.Time // kept since
 	expiry time.Time // the lease lives in etcd at least until then
 	ttl    int64     // the TTL etcd last answered
 	header *pb.ResponseHeader
@@ -63,15 +66,16 @@ type kaLease struct {
 // etcd token goes with the keep-alives, since etcd checks the lease's keys
 // against it), until Stop. ttl and expiry are what the caller knows of it:
 // the TTL it was granted or has left, and a time it lives at least until
-// (counted from when the request that told it was sent). A keep-alive is
-// sent at once.
+// (counted from when the request that told it was sent); a zero expiry
+// says nothing is known: Known then waits for etcd's first answer. A
+// keep-alive is sent at once.
 func (e *Etcd) KeepLease(ctx context.Context, lease clientv3.LeaseID, ttl int64, expiry time.Time) *KeptLease {
 	return e.keeper.keep(ctx, lease, ttl, expiry)
 }
 
 // Expiry is a time before which the lease does not expire in etcd (it may
 // be revoked): the send time of the last keep-alive etcd answered plus the
-// TTL it answered.
+// TTL it answered. Zero until Known.
 func (k *KeptLease) Expiry() time.Time {
 	k.g.mu.Lock()
 	defer k.g.mu.Unlock()
@@ -90,6 +94,21 @@ func (k *KeptLease) Header() *pb.ResponseHeader {
 	k.g.mu.Lock()
 	defer k.g.mu.Unlock()
 	return k.l.header
+}
+
+// Known waits until the lease's expiry is known — at once if the caller or
+// an earlier keeper of the lease knew it, else when etcd answers the first
+// keep-alive — and fails with etcd's "lease not found" if the lease is gone,
+// or with ctx's error.
+func (k *KeptLease) Known(ctx context.Context) error {
+	select {
+	case <-k.known:
+		return nil
+	case <-k.lost:
+		return rpctypes.ErrGRPCLeaseNotFound
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Refreshed has a value after etcd answered a keep-alive.
@@ -147,14 +166,18 @@ func (k *keeper) keep(ctx context.Context, lease clientv3.LeaseID, ttl int64, ex
 		go g.connect()
 		go g.expire()
 	}
-	kl := &KeptLease{g: g, refreshed: make(chan struct{}, 1), lost: make(chan struct{})}
+	kl := &KeptLease{g: g, refreshed: make(chan struct{}, 1), known: make(chan struct{}), lost: make(chan struct{})}
 	g.mu.Lock()
 	l := g.leases[lease]
 	if l == nil {
-		l = &kaLease{id: lease, ttl: ttl, expiry: expiry, next: time.Now()}
+		now := time.Now()
+		l = &kaLease{id: lease, ttl: ttl, expiry: expiry, known: !expiry.IsZero(), since: now, next: now}
 		g.leases[lease] = l
 	} else if expiry.After(l.expiry) {
-		l.expiry = expiry
+		l.expiry, l.known = expiry, true
+	}
+	if l.known {
+		close(kl.known)
 	}
 	l.subs = append(l.subs, kl)
 	kl.l = l
@@ -285,9 +308,15 @@ func (g *kaGroup) answered(resp *pb.LeaseKeepAliveResponse) {
 	if e := sent.Add(time.Duration(resp.TTL) * time.Second); e.After(l.expiry) {
 		l.expiry = e
 	}
+	l.known = true
 	l.ttl, l.header = resp.TTL, resp.Header
 	l.next = time.Now().Add(time.Duration(resp.TTL) * time.Second / 3)
 	for _, kl := range l.subs {
+		select {
+		case <-kl.known:
+		default:
+			close(kl.known)
+		}
 		select {
 		case kl.refreshed <- struct{}{}:
 		default:
@@ -308,7 +337,9 @@ func (g *kaGroup) expire() {
 		now := time.Now()
 		g.mu.Lock()
 		for _, l := range g.leases {
-			if !now.Before(l.expiry) {
+			// One nothing is known of gets as long as etcd's answer to a
+			// request may take.
+			if l.known && !now.Before(l.expiry) || !l.known && now.Sub(l.since) > g.k.e.timeout {
 				g.lose(l)
 			}
 		}

@@ -2,11 +2,13 @@ package etcdio_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
 	"github.com/coordproxy/coordproxy/etcdio"
 	"github.com/coordproxy/coordproxy/proxy/proxytest"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -127,4 +129,31 @@ func TestKeepLease_isLostWhenRevokedOrWhenItsExpiryPassesUnanswered(t *testing.T
 			t.Fatalf("lost %s before its expiry", k.Expiry().Sub(now))
 		}
 	})
+}
+
+// A lease kept with nothing known of it is Known once etcd answers its
+// first keep-alive, with the TTL etcd gives; a lease that is gone is not.
+func TestKeepLease_knownFromTheFirstAnswer(t *testing.T) {
+	e, kv, _ := dial(t)
+	ctx := proxytest.Ctx(t)
+	g, err := kv.Grant(ctx, 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := time.Now()
+	k := e.KeepLease(ctx, g.ID, 0, time.Time{})
+	if !k.Expiry().IsZero() {
+		t.Fatalf("expiry %v before any answer", k.Expiry())
+	}
+	if err := k.Known(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if k.TTL() != 30 || k.Expiry().Before(sent.Add(30*time.Second)) || k.Expiry().After(time.Now().Add(30*time.Second)) {
+		t.Fatalf("TTL %d, expiry in %s", k.TTL(), time.Until(k.Expiry()))
+	}
+	k.Stop()
+	gone := e.KeepLease(ctx, clientv3.LeaseID(0x7fff0001), 0, time.Time{})
+	if err := gone.Known(ctx); !errors.Is(err, rpctypes.ErrGRPCLeaseNotFound) {
+		t.Fatalf("a lease that is gone: %v, want lease not found", err)
+	}
 }

@@ -273,8 +273,8 @@ func (s *Service) open(ctx context.Context, first *coordproxyv1.SessionRequest) 
 		}
 		ss.lease = g.ID
 		rec := RecordKey(ss.lease)
-		t, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(rec), "=", 0)).
-			Then(clientv3.OpPut(rec, ss.id, clientv3.WithLease(ss.lease))).Commit()
+		t, err := s.etcd.SendTxn(ctx, etcdio.Txn{If: []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(rec), "=", 0)},
+			Then: []clientv3.Op{clientv3.OpPut(rec, ss.id, clientv3.WithLease(ss.lease))}, Prefix: rec})
 		if err != nil {
 			s.revoke(ctx, ss.lease) // nobody would keep it: leave nothing behind
 			return nil, nil, err
@@ -283,51 +283,75 @@ func (s *Service) open(ctx context.Context, first *coordproxyv1.SessionRequest) 
 		return ss, &coordproxyv1.SessionResponse{Header: grant.Header(t.Header), Lease: int64(ss.lease), Ttl: g.TTL}, nil
 	}
 	ss.lease = clientv3.LeaseID(first.Lease)
-	// Adopt: write the record unless a proxy has decided to revoke (a put
-	// on a lease that is gone fails). A session that heartbeats has a
-	// window to resume in, which a replica that died leaves to the other
-	// replica's etcd round trips: the adopt and the read of the TTL go
-	// at once. Without heartbeats the grace is checked against the TTL
-	// first.
-	rec := RecordKey(ss.lease)
-	put := clientv3.OpPut(rec, ss.id, clientv3.WithLease(ss.lease))
-	adopt := func() (*clientv3.TxnResponse, error) {
-		return cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(rec), "=", 0)).Then(put).
-			Else(clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(rec), "!=", revoking)}, []clientv3.Op{put}, nil)).
-			Commit()
+	if ss.window > 0 {
+		return s.resume(ctx, ss)
 	}
 	sent := time.Now()
-	var t *clientv3.TxnResponse
-	var adoptErr error
-	adopted := make(chan struct{})
-	if ss.window > 0 {
-		go func() { t, adoptErr = adopt(); close(adopted) }()
-	}
 	ttl, err := cli.TimeToLive(ctx, ss.lease)
-	if err == nil && ttl.TTL <= 0 {
-		err = rpctypes.ErrGRPCLeaseNotFound
-	}
-	if err == nil && ss.grace > time.Duration(ttl.GrantedTTL)*time.Second {
-		err = errGrace
-	}
-	if ss.window > 0 {
-		<-adopted
-	} else if err == nil {
-		t, adoptErr = adopt()
-	}
-	if err == nil {
-		err = adoptErr
-	}
 	if err != nil {
 		return nil, nil, err
 	}
-	if !t.Succeeded && !t.Responses[0].GetResponseTxn().Succeeded {
-		return nil, nil, rpctypes.ErrGRPCLeaseNotFound // being revoked
+	if ttl.TTL <= 0 {
+		return nil, nil, rpctypes.ErrGRPCLeaseNotFound
+	}
+	if ss.grace > time.Duration(ttl.GrantedTTL)*time.Second {
+		return nil, nil, errGrace
+	}
+	t, err := s.adopt(ctx, ss)
+	if err != nil {
+		return nil, nil, err
 	}
 	// etcd counts the TTL left down to whole seconds: a lower bound from
 	// the request's send.
 	ss.kept = s.etcd.KeepLease(ctx, ss.lease, ttl.TTL, sent.Add(time.Duration(ttl.TTL)*time.Second))
 	return ss, &coordproxyv1.SessionResponse{Header: grant.Header(t.Header), Lease: int64(ss.lease), Ttl: ttl.TTL}, nil
+}
+
+// resume resumes a heartbeating session on its lease. A replica that died
+// leaves its sessions' resumes a window to happen in, all at once on the
+// other replicas, so a resume costs etcd as little as it can: the adopt
+// goes in a batch with the others (group commit), and instead of reading
+// the lease's TTL the proxy starts keeping it alive — one message on the
+// keep-alive stream it shares with every session — whose answer gives the
+// TTL, from the keep-alive's send a bound of the lease's life.
+func (s *Service) resume(ctx context.Context, ss *session) (*session, *coordproxyv1.SessionResponse, error) {
+	kept := s.etcd.KeepLease(ctx, ss.lease, 0, time.Time{})
+	var t *clientv3.TxnResponse
+	var adoptErr error
+	adopted := make(chan struct{})
+	go func() { t, adoptErr = s.adopt(ctx, ss); close(adopted) }()
+	err := kept.Known(ctx)
+	<-adopted
+	if err == nil {
+		err = adoptErr
+	}
+	if err != nil {
+		kept.Stop()
+		return nil, nil, err
+	}
+	ss.kept = kept
+	return ss, &coordproxyv1.SessionResponse{Header: grant.Header(t.Header), Lease: int64(ss.lease), Ttl: kept.TTL()}, nil
+}
+
+// adopt writes the session record naming ss's stream unless a proxy has
+// decided to revoke the lease (a put on a lease that is gone fails: etcd's
+// "lease not found").
+func (s *Service) adopt(ctx context.Context, ss *session) (*clientv3.TxnResponse, error) {
+	rec := RecordKey(ss.lease)
+	put := clientv3.OpPut(rec, ss.id, clientv3.WithLease(ss.lease))
+	t, err := s.etcd.SendTxn(ctx, etcdio.Txn{
+		If:     []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(rec), "=", 0)},
+		Then:   []clientv3.Op{put},
+		Else:   []clientv3.Op{clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(rec), "!=", revoking)}, []clientv3.Op{put}, nil)},
+		Prefix: rec,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if !t.Succeeded && !t.Responses[0].GetResponseTxn().Succeeded {
+		return nil, rpctypes.ErrGRPCLeaseNotFound // being revoked
+	}
+	return t, nil
 }
 
 // settings checks the first message's and makes the session of it.

@@ -272,10 +272,15 @@ func TestKeepAlive_badOpeningsAreRefusedAndLeaveNothing(t *testing.T) {
 	if rec := env.Keys(t, session.RecordPrefix); len(rec) != 0 {
 		t.Fatalf("records: %v", rec)
 	}
-	// An unknown lease: etcd's answer.
-	st, _ := env.Sessions.KeepAlive(ctx)
-	st.Send(&coordproxyv1.SessionRequest{Lease: 0x7fff0000})
-	if _, err := st.Recv(); status.Code(err) != codes.NotFound || status.Convert(err).Message() != rpctypes.ErrLeaseNotFound.Error() {
-		t.Fatalf("unknown lease: %v", err)
+	// An unknown lease: etcd's answer, with heartbeats or without.
+	for _, window := range []int64{0, 750} {
+		st, _ := env.Sessions.KeepAlive(ctx)
+		st.Send(&coordproxyv1.SessionRequest{Lease: 0x7fff0000, WindowMs: window})
+		if _, err := st.Recv(); status.Code(err) != codes.NotFound || status.Convert(err).Message() != rpctypes.ErrLeaseNotFound.Error() {
+			t.Fatalf("unknown lease (window %d ms): %v", window, err)
+		}
+	}
+	if rec := env.Keys(t, session.RecordPrefix); len(rec) != 0 {
+		t.Fatalf("records after unknown leases: %v", rec)
 	}
 }
