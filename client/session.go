@@ -156,6 +156,20 @@ func NewSession(cli *clientv3.Client, opts ...SessionOption) (*Session, error) {
 		cancel()
 		return nil, err
 	}
+	if clock.Now() >= time.Duration(s.safe.Load()) {
+		// Answered after its own window: not safe from the start. Give
+		// the lease back (a close revokes it) rather than hand out a
+		// session that is already over.
+		bs.send(&coordproxyv1.SessionRequest{Close: true})
+		closed := make(chan struct{})
+		go func() { bs.st.Recv(); close(closed) }()
+		select {
+		case <-closed:
+		case <-time.After(o.window):
+		}
+		cancel()
+		return nil, fmt.Errorf("%w: coordproxy answered the opening after the window (%s)", ErrSessionLost, o.window)
+	}
 	s.lease = clientv3.LeaseID(resp.Lease)
 	s.lockDelay = time.Duration(resp.LockDelayMs) * time.Millisecond
 	s.mu.Lock()
