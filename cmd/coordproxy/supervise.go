@@ -53,9 +53,9 @@ const (
 	reportFD  = 4
 )
 
-// superviseTick bounds how late the supervisor notices a deadline: its
-// timers run on Go's clock, which stops while the machine is suspended,
-// so it looks at the boot-time clock at least this often.
+// superviseTick: the supervisor's timers run on Go's clock, which stops
+// while the machine is suspended, so it looks at the boot-time clock at
+// least this often as well as when a step is due.
 const superviseTick = 20 * time.Millisecond
 
 // supervise is the supervisor's main; it returns its exit code.
@@ -119,10 +119,11 @@ func supervise(args []string) int {
 
 	self := os.Getpid()
 	termed := false
-	tick := time.NewTicker(superviseTick)
-	defer tick.Stop()
+	wake := time.NewTimer(0)
+	defer wake.Stop()
 	for {
-		if now := clock.Now(); now >= deadline {
+		now := clock.Now()
+		if now >= deadline {
 			killAll(self, syscall.SIGKILL)
 			fmt.Fprintln(report, "deadline")
 			<-exited
@@ -132,8 +133,14 @@ func supervise(args []string) int {
 			fmt.Fprintf(os.Stderr, "coordproxy: the session was not renewed in time: SIGTERM to %s and every process it started (SIGKILL in %s unless it is renewed)\n", command[0], deadline-now)
 			killAll(self, syscall.SIGTERM)
 		}
+		// Up at the next step, and every superviseTick at least.
+		next := deadline - now
+		if !termed {
+			next -= grace
+		}
+		wake.Reset(min(next, superviseTick))
 		select {
-		case <-tick.C:
+		case <-wake.C:
 		case m, ok := <-msgs:
 			if !ok {
 				killAll(self, syscall.SIGKILL)
