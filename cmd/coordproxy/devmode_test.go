@@ -24,6 +24,10 @@ import (
 var binDir string
 
 func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == superviseArg {
+		// Run as the supervisor startGuarded starts (os.Executable).
+		os.Exit(supervise(os.Args[2:]))
+	}
 	var err error
 	if binDir, err = os.MkdirTemp("", "coordproxy-bin"); err != nil {
 		panic(err)

@@ -55,7 +55,8 @@ func runGuarded(sub string, what string, command, env []string, sess *client.Ses
 				return 1
 			case r.deadline && !lost:
 				lost = true
-				say("lost %s: the session was not renewed in time (window %s); %s and every process it started were stopped", what, sess.Window(), command[0])
+				say("lost %s: the session was not renewed in time (window %s; it has %s left now); %s and every process it started were stopped",
+					what, sess.Window(), max(0, sess.Remaining()).Round(time.Millisecond), command[0])
 			}
 			if lost {
 				return 1 // whatever CMD's code: it was stopped

@@ -3,7 +3,7 @@
 package main
 
 import (
-	"bufio"
+	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/coordproxy/coordproxy/internal/clock"
+	"golang.org/x/sys/unix"
 )
 
 // The supervisor: a small process between `coordproxy lock` (or `elect`)
@@ -77,8 +78,10 @@ func supervise(args []string) int {
 	}
 	deadline := time.Duration(d)
 	command := args[3:]
-	control, report := os.NewFile(controlFD, "control"), os.NewFile(reportFD, "report")
-	if control == nil || report == nil {
+	// The control pipe is read by its descriptor (an *os.File of it could
+	// be collected, and close it); the report pipe is written as a file.
+	report := os.NewFile(reportFD, "report")
+	if _, err := unix.FcntlInt(controlFD, unix.F_GETFD, 0); err != nil || report == nil {
 		return fail("started without its pipes")
 	}
 	// Not for the command: it would hold the CLI's pipes open.
@@ -108,44 +111,25 @@ func supervise(args []string) int {
 
 	exited := make(chan int, 1)
 	go reap(pid, exited)
-	msgs := make(chan string)
-	go func() {
-		sc := bufio.NewScanner(control)
-		for sc.Scan() {
-			msgs <- sc.Text()
-		}
-		close(msgs) // the CLI is gone (or done)
-	}()
-
+	ctl := &controlReader{fd: controlFD}
 	self := os.Getpid()
 	termed := false
-	wake := time.NewTimer(0)
-	defer wake.Stop()
 	for {
-		now := clock.Now()
-		if now >= deadline {
-			killAll(self, syscall.SIGKILL)
-			fmt.Fprintln(report, "deadline")
-			<-exited
-			return 1
-		} else if !termed && now >= deadline-grace {
-			termed = true
-			fmt.Fprintf(os.Stderr, "coordproxy: the session was not renewed in time: SIGTERM to %s and every process it started (SIGKILL in %s unless it is renewed)\n", command[0], deadline-now)
-			killAll(self, syscall.SIGTERM)
-		}
-		// Up at the next step, and every superviseTick at least.
-		next := deadline - now
+		// What the CLI said first, up to the next step: a deadline is
+		// acted on only once every update already sent has been read (a
+		// supervisor that started slowly must not act on the deadline it
+		// was started with while newer ones wait in the pipe).
+		wait := min(deadline-clock.Now(), superviseTick)
 		if !termed {
-			next -= grace
+			wait = min(deadline-grace-clock.Now(), superviseTick)
 		}
-		wake.Reset(min(next, superviseTick))
-		select {
-		case <-wake.C:
-		case m, ok := <-msgs:
-			if !ok {
-				killAll(self, syscall.SIGKILL)
-				return 1
-			}
+		msgs, open := ctl.read(max(wait, 0))
+		if !open {
+			// The CLI is gone: nothing may outlive it.
+			killAll(self, syscall.SIGKILL)
+			return 1
+		}
+		for _, m := range msgs {
 			switch f := strings.Fields(m); {
 			case len(f) == 2 && f[0] == "d":
 				if v, err := strconv.ParseInt(f[1], 10, 64); err == nil && time.Duration(v) > deadline {
@@ -158,6 +142,8 @@ func supervise(args []string) int {
 			case len(f) == 1 && f[0] == "k":
 				deadline = 0
 			}
+		}
+		select {
 		case code := <-exited:
 			// The command is done: so is everything it left behind,
 			// before the lock is released.
@@ -176,7 +162,75 @@ func supervise(args []string) int {
 				fmt.Fprintf(report, "exit %d\n", code)
 			}
 			return 0
+		default:
 		}
+		now := clock.Now()
+		if now >= deadline {
+			killAll(self, syscall.SIGKILL)
+			fmt.Fprintln(report, "deadline")
+			<-exited
+			return 1
+		}
+		if !termed && now >= deadline-grace {
+			termed = true
+			fmt.Fprintf(os.Stderr, "coordproxy: the session was not renewed in time: SIGTERM to %s and every process it started (SIGKILL in %s unless it is renewed)\n", command[0], (deadline - now).Round(time.Millisecond))
+			killAll(self, syscall.SIGTERM)
+		}
+	}
+}
+
+// controlReader reads the CLI's lines from the control pipe in the
+// supervisor's own loop, so that it knows what has been said before it
+// acts.
+type controlReader struct {
+	fd      int
+	partial []byte
+}
+
+// read waits up to wait for the pipe to have something, then reads all it
+// has: whole lines, and whether the CLI still holds its end.
+func (c *controlReader) read(wait time.Duration) (lines []string, open bool) {
+	fds := []unix.PollFd{{Fd: int32(c.fd), Events: unix.POLLIN}}
+	ms := int((wait + time.Millisecond - 1) / time.Millisecond)
+	for {
+		n, err := unix.Poll(fds, ms)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n == 0 {
+			return nil, true
+		}
+		break
+	}
+	buf := make([]byte, 4096)
+	for {
+		n, err := unix.Read(c.fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if n <= 0 {
+			return c.lines(), false // EOF: the CLI is gone
+		}
+		c.partial = append(c.partial, buf[:n]...)
+		if n < len(buf) {
+			return c.lines(), true
+		}
+		// More may be there: only if poll says so, without waiting.
+		if p, _ := unix.Poll(fds, 0); p == 0 {
+			return c.lines(), true
+		}
+	}
+}
+
+func (c *controlReader) lines() []string {
+	var out []string
+	for {
+		i := bytes.IndexByte(c.partial, '\n')
+		if i < 0 {
+			return out
+		}
+		out = append(out, string(c.partial[:i]))
+		c.partial = c.partial[i+1:]
 	}
 }
 
