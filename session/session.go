@@ -40,6 +40,7 @@
 package session
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -312,16 +313,20 @@ func (s *Service) open(ctx context.Context, first *coordproxyv1.SessionRequest) 
 // other replicas, so a resume costs etcd as little as it can: the adopt
 // goes in a batch with the others (group commit), and instead of reading
 // the lease's TTL the proxy starts keeping it alive — one message on the
-// keep-alive stream it shares with every session — whose answer gives the
+// keep-alive streams it shares with every session — whose answer gives the
 // TTL, from the keep-alive's send a bound of the lease's life.
 func (s *Service) resume(ctx context.Context, ss *session) (*session, *coordproxyv1.SessionResponse, error) {
+	start := time.Now()
 	kept := s.etcd.KeepLease(ctx, ss.lease, 0, time.Time{})
 	var t *clientv3.TxnResponse
 	var adoptErr error
+	var adoptTook time.Duration
 	adopted := make(chan struct{})
-	go func() { t, adoptErr = s.adopt(ctx, ss); close(adopted) }()
+	go func() { t, adoptErr = s.adopt(ctx, ss); adoptTook = time.Since(start); close(adopted) }()
 	err := kept.Known(ctx)
+	knownTook := time.Since(start)
 	<-adopted
+	s.log.Debug("session resume", "lease", fmt.Sprintf("%x", int64(ss.lease)), "keepalive", knownTook, "adopt", adoptTook, "error", cmp.Or(err, adoptErr))
 	if err == nil {
 		err = adoptErr
 	}
