@@ -18,10 +18,6 @@ func TestMain(m *testing.M) {
 		// Run as the command of `etcdctl lock` (see etcdctl_test.go).
 		os.Exit(occupyMain(addr))
 	}
-	if kind := os.Getenv(holderEnv); kind != "" {
-		// Run as a holder process (see session_test.go).
-		os.Exit(holderMain(kind))
-	}
 	var err error
 	if binDir, err = os.MkdirTemp("", "coordproxy-e2e-bin"); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -58,6 +54,25 @@ var binaries = sync.OnceValues(func() (struct{ etcd, coordproxy string }, error)
 	}
 	return out, nil
 })
+
+// holderBinary builds the holder processes' program (e2e/holder) once.
+var holderBinary = sync.OnceValues(func() (string, error) {
+	bin := filepath.Join(binDir, "holder")
+	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "github.com/coordproxy/coordproxy/e2e/holder")
+	if o, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build holder: %v\n%s", err, o)
+	}
+	return bin, nil
+})
+
+func mustHolderBinary(t *testing.T) string {
+	t.Helper()
+	b, err := holderBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
 
 // etcdctlBinary builds etcd's own etcdctl (e2e/etcdctl) once, for the tests
 // that drive the proxy with it.

@@ -123,6 +123,13 @@ func (p *relayPair) reset() {
 	p.b.Close()
 }
 
+// Conns is how many connections the relay passes now.
+func (r *Relay) Conns() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.conns)
+}
+
 // Reset resets every open connection, on both sides (a load balancer's
 // idle timeout, a middlebox, a network restart).
 func (r *Relay) Reset() {
