@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -172,6 +173,34 @@ func (e *Etcd) For(ctx context.Context) *clientv3.Client {
 		}
 	}
 	return e.own
+}
+
+// Conn is the connection of For(ctx)'s client, for the calls the proxy
+// makes with etcd's generated gRPC clients rather than through the etcd
+// client (watches and keep-alives relayed as they are, RangeStream,
+// maintenance, auth). Every such client is made on it: it gives each call
+// the options the etcd client gives its own (see rawConn), which the
+// connection alone would not.
+func (e *Etcd) Conn(ctx context.Context) grpc.ClientConnInterface { return rawConn(e.For(ctx)) }
+
+// rawConn is cli's connection with the etcd client's call options: no
+// size limit of its own on requests or responses (etcd judges requests,
+// and its responses may be of any size, a watch response over gRPC's
+// default 4 MiB included).
+func rawConn(cli *clientv3.Client) grpc.ClientConnInterface {
+	return callOptions{cli.ActiveConnection()}
+}
+
+type callOptions struct{ cc *grpc.ClientConn }
+
+var unlimited = []grpc.CallOption{grpc.MaxCallRecvMsgSize(maxClientMsgBytes), grpc.MaxCallSendMsgSize(maxClientMsgBytes)}
+
+func (c callOptions) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	return c.cc.Invoke(ctx, method, args, reply, append(slices.Clip(unlimited), opts...)...)
+}
+
+func (c callOptions) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	return c.cc.NewStream(ctx, desc, method, append(slices.Clip(unlimited), opts...)...)
 }
 
 // RequestTimeout is the bound of the proxy's own requests.

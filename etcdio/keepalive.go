@@ -230,7 +230,7 @@ func (k *keeper) remove(kl *KeptLease) {
 func (g *kaGroup) connect() {
 	for g.ctx.Err() == nil {
 		sctx, cancel := context.WithCancel(g.ctx)
-		stream, err := pb.NewLeaseClient(g.cli.ActiveConnection()).LeaseKeepAlive(sctx)
+		stream, err := pb.NewLeaseClient(rawConn(g.cli)).LeaseKeepAlive(sctx)
 		if err == nil {
 			g.mu.Lock()
 			g.stream = stream

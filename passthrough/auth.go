@@ -26,7 +26,7 @@ func NewAuth(etcd *etcdio.Etcd, issued func(token, user string)) *Auth {
 }
 
 func (a *Auth) Authenticate(ctx context.Context, r *pb.AuthenticateRequest) (*pb.AuthenticateResponse, error) {
-	resp, err := pb.NewAuthClient(a.etcd.For(ctx).ActiveConnection()).Authenticate(ctx, r)
+	resp, err := pb.NewAuthClient(a.etcd.Conn(ctx)).Authenticate(ctx, r)
 	if err == nil && a.issued != nil {
 		a.issued(resp.Token, r.Name)
 	}

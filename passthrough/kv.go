@@ -2,6 +2,7 @@ package passthrough
 
 import (
 	"context"
+	"io"
 
 	"github.com/coordproxy/coordproxy/etcdio"
 
@@ -22,15 +23,48 @@ import (
 type KV struct {
 	pb.UnsafeKVServer
 	etcd *etcdio.Etcd
+	ns   string
 }
 
-// NewKV returns the KV pass-through.
-func NewKV(etcd *etcdio.Etcd) *KV { return &KV{etcd: etcd} }
+// NewKV returns the KV pass-through; ns is the proxy's namespace (the etcd
+// client applies it to every call but RangeStream, which KV applies
+// itself).
+func NewKV(etcd *etcdio.Etcd, ns string) *KV { return &KV{etcd: etcd, ns: ns} }
 
-// RangeStream (etcd 3.7) is not served: it streams one range in chunks,
-// which the etcd client cannot relay.
-func (s *KV) RangeStream(*pb.RangeRequest, grpc.ServerStreamingServer[pb.RangeStreamResponse]) error {
-	return notServed("RangeStream")
+// RangeStream (etcd 3.7) relays etcd's own stream of one range in chunks:
+// etcd decides the chunks, counts, limits and errors (a compacted
+// revision, a range etcd refuses); only the namespace is applied on the
+// way in and taken off the keys on the way out. The etcd client's namespace
+// does not stream ranges, so the request goes on the connection as it is.
+func (s *KV) RangeStream(r *pb.RangeRequest, stream grpc.ServerStreamingServer[pb.RangeStreamResponse]) error {
+	ctx := stream.Context()
+	if s.ns != "" {
+		if len(r.Key) == 0 && len(r.RangeEnd) == 0 {
+			return rpctypes.ErrGRPCEmptyKey // as etcd: under a namespace the key would not be empty
+		}
+		r.Key, r.RangeEnd = prefixInterval(s.ns, r.Key, r.RangeEnd)
+	}
+	up, err := pb.NewKVClient(s.etcd.Conn(ctx)).RangeStream(ctx, r)
+	if err != nil {
+		return err
+	}
+	for {
+		resp, err := up.Recv()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if s.ns != "" && resp.RangeResponse != nil {
+			for _, kv := range resp.RangeResponse.Kvs {
+				stripKV(s.ns, kv)
+			}
+		}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+	}
 }
 
 func (s *KV) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {

@@ -81,5 +81,5 @@ func (l *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 
 // lc is etcd's Lease service, reached as the caller (see etcdio.Etcd.For).
 func (l *Lease) lc(ctx context.Context) pb.LeaseClient {
-	return pb.NewLeaseClient(l.etcd.For(ctx).ActiveConnection())
+	return pb.NewLeaseClient(l.etcd.Conn(ctx))
 }

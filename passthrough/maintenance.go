@@ -23,7 +23,7 @@ type Maintenance struct {
 func NewMaintenance(etcd *etcdio.Etcd) *Maintenance { return &Maintenance{etcd: etcd} }
 
 func (m *Maintenance) Status(ctx context.Context, r *pb.StatusRequest) (*pb.StatusResponse, error) {
-	return pb.NewMaintenanceClient(m.etcd.For(ctx).ActiveConnection()).Status(ctx, r)
+	return pb.NewMaintenanceClient(m.etcd.Conn(ctx)).Status(ctx, r)
 }
 
 func (m *Maintenance) Alarm(context.Context, *pb.AlarmRequest) (*pb.AlarmResponse, error) {

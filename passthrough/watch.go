@@ -33,7 +33,7 @@ func NewWatch(etcd *etcdio.Etcd, ns string, allow func(ctx context.Context, cr *
 func (w *Watch) Watch(stream pb.Watch_WatchServer) error {
 	ctx, cancel := w.etcd.WithStop(stream.Context())
 	defer cancel()
-	up, err := pb.NewWatchClient(w.etcd.For(ctx).ActiveConnection()).Watch(ctx)
+	up, err := pb.NewWatchClient(w.etcd.Conn(ctx)).Watch(ctx)
 	if err != nil {
 		return etcdio.StopErr(ctx, err)
 	}

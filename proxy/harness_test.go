@@ -45,6 +45,7 @@ type run struct {
 	lock   v3lockpb.LockClient
 	elec   v3electionpb.ElectionClient
 	lease  pb.LeaseClient
+	conn   *grpc.ClientConn // the target's, for KV and Watch
 
 	rev0    int64
 	cluster uint64
@@ -64,6 +65,7 @@ func newRun(t *testing.T, tg target, kv *clientv3.Client, scenario string) *run 
 		lock:   v3lockpb.NewLockClient(tg.conn),
 		elec:   v3electionpb.NewElectionClient(tg.conn),
 		lease:  pb.NewLeaseClient(tg.conn),
+		conn:   tg.conn,
 		leases: map[int64]string{},
 	}
 	resp, err := kv.Get(ctx, "rev0-probe")

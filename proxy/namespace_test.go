@@ -126,6 +126,24 @@ func TestNamespace_isolatesTwoProxiesOnOneEtcd(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("everything through a: %v, want %v", got, want)
 	}
+	// A streamed range (etcd 3.7's RangeStream) of everything, the same.
+	st, err := a.kv.GetStream(ctx, "", clientv3.WithFromKey())
+	must(err)
+	sresp, err := clientv3.GetStreamToGetResponse(st)
+	must(err)
+	got = nil
+	for _, kv := range sresp.Kvs {
+		got = append(got, string(kv.Key))
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) || sresp.Count != int64(len(want)) {
+		t.Fatalf("everything streamed through a: %v (count %d), want %v", got, sresp.Count, want)
+	}
+	if st, err := a.kv.GetStream(ctx, ""); err == nil {
+		_, err = clientv3.GetStreamToGetResponse(st)
+		if err == nil || err.Error() != "etcdserver: key is not provided" {
+			t.Fatalf("streamed range of the empty key through a: %v, want etcd's \"key is not provided\"", err)
+		}
+	}
 	tr, err := a.kv.Txn(ctx).If(clientv3.Compare(clientv3.Value("k"), "=", "from tenant-a/")).Then(clientv3.OpPut("k", "txn", clientv3.WithIgnoreLease())).Commit()
 	must(err)
 	if !tr.Succeeded {

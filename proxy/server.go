@@ -256,7 +256,7 @@ func (s *Server) newGRPC() error {
 	g, e, ns := s.granter, s.access, s.cfg.Namespace
 	v3lockpb.RegisterLockServer(s.grpc, lockproxy.New(g))
 	v3electionpb.RegisterElectionServer(s.grpc, electionproxy.New(g))
-	pb.RegisterKVServer(s.grpc, passthrough.NewKV(e))
+	pb.RegisterKVServer(s.grpc, passthrough.NewKV(e, ns))
 	pb.RegisterWatchServer(s.grpc, passthrough.NewWatch(e, ns, s.allowWatch))
 	pb.RegisterLeaseServer(s.grpc, passthrough.NewLease(e, ns, g.LeaseRevoked))
 	pb.RegisterMaintenanceServer(s.grpc, passthrough.NewMaintenance(e))
