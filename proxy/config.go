@@ -11,6 +11,7 @@ import (
 	"github.com/coordproxy/coordproxy/queue"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.etcd.io/etcd/server/v3/embed"
 )
 
 // Config is everything a Server needs; cmd/coordproxy fills it from flags and
@@ -88,6 +89,14 @@ type Config struct {
 	// As many workers send the requests waiting calls make before they wait
 	// (etcdio.Config.Workers).
 	MaxEtcdRequests int
+	// MaxRequestBytes is the largest request the proxy accepts, as etcd's
+	// --max-request-bytes (whose default it takes): a Put, DeleteRange or
+	// Txn larger is refused with etcd's "etcdserver: request is too large"
+	// (InvalidArgument), and gRPC refuses any message larger than it plus
+	// etcd's 512 KiB of overhead with ResourceExhausted, as on etcd. Set it
+	// to the cluster's, so that the proxy refuses what etcd would and passes
+	// on whatever etcd accepts. At most MaxRequestBytesLimit.
+	MaxRequestBytes uint
 	// EtcdBatching is how the proxy's transactions share etcd requests
 	// (group commit; etcdio.Batching). The zero value batches what queued
 	// while an earlier request was in flight.
@@ -138,6 +147,7 @@ func DefaultConfig() Config {
 		RequestTimeout:  etcdio.DefaultRequestTimeout,
 		ShutdownTimeout: 10 * time.Second,
 		MaxEtcdRequests: etcdio.DefaultMaxRequests,
+		MaxRequestBytes: embed.DefaultMaxRequestBytes,
 		ObserveBuffer:   grant.DefaultObserveBuffer,
 		QueueLinger:     queue.DefaultLinger,
 		HoldCheck:       grant.DefaultHoldCheck,
@@ -177,6 +187,10 @@ func (c Config) withDefaults() Config {
 	if c.MaxEtcdRequests <= 0 {
 		c.MaxEtcdRequests = d.MaxEtcdRequests
 	}
+	if c.MaxRequestBytes == 0 {
+		c.MaxRequestBytes = d.MaxRequestBytes
+	}
+	c.MaxRequestBytes = min(c.MaxRequestBytes, MaxRequestBytesLimit)
 	if c.ObserveBuffer <= 0 {
 		c.ObserveBuffer = d.ObserveBuffer
 	}

@@ -1,15 +1,21 @@
 package proxy_test
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"fmt"
 	"io"
 	"math"
+	"regexp"
 	"strings"
+	"testing"
 
+	"github.com/coordproxy/coordproxy/proxy"
+	"github.com/coordproxy/coordproxy/proxy/proxytest"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
 )
 
 // The KV and Watch pass-through where etcd 3.7's wire differs from what a
@@ -102,4 +108,53 @@ func (r *run) rangeStream(step string, req *pb.RangeRequest) {
 		}
 		r.outcome(fmt.Sprintf("%s: chunk %d", step, i), resp, nil)
 	}
+}
+
+// sized takes the message's own size out of gRPC's "larger than max (N vs.
+// LIMIT)": the runs' keys differ in length.
+func sized(err error) error {
+	st, ok := status.FromError(err)
+	if !ok || err == nil {
+		return err
+	}
+	return status.Error(st.Code(), messageSize.ReplaceAllString(st.Message(), "(<size> vs. "))
+}
+
+var messageSize = regexp.MustCompile(`\(\d+ vs\. `)
+
+// TestConformance_requestSizeFollowsTheCluster: behind an etcd whose
+// --max-request-bytes is not the default, a proxy given the same limit
+// accepts what etcd accepts and refuses the rest with etcd's answers:
+// "request is too large" over the limit, gRPC's ResourceExhausted over the
+// limit and its 512 KiB of overhead (tests/integration TestKVLargeRequests,
+// TestV3AdditionalGRPCOptions).
+func TestConformance_requestSizeFollowsTheCluster(t *testing.T) {
+	const limit = 3 << 20
+	etcd := proxytest.StartEtcdWith(t, proxy.EmbedOptions{MaxRequestBytes: limit})
+	p := proxytest.StartProxy(t, []string{etcd.URL}, proxy.Config{MaxRequestBytes: limit})
+	kv := proxytest.Client(t, etcd.URL)
+	var got [2][]string
+	for i, tg := range []target{
+		{"native", proxytest.Dial(t, strings.TrimPrefix(etcd.URL, "http://"))},
+		{"proxy", proxytest.Dial(t, p.Addr().String())},
+	} {
+		r := newRun(t, tg, kv, "size")
+		c := pb.NewKVClient(r.conn)
+		for _, size := range []int{limit - 1024, limit + 1024, limit + 512<<10 + 1024} {
+			val := bytes.Repeat([]byte{'x'}, size)
+			resp, err := c.Put(r.ctx, &pb.PutRequest{Key: []byte(r.name("k")), Value: val})
+			r.outcome(fmt.Sprintf("put %d bytes", size), resp, sized(err))
+			tx, err := c.Txn(r.ctx, &pb.TxnRequest{Success: []*pb.RequestOp{{Request: &pb.RequestOp_RequestPut{
+				RequestPut: &pb.PutRequest{Key: []byte(r.name("t")), Value: val}}}}})
+			r.outcome(fmt.Sprintf("txn %d bytes", size), tx, sized(err))
+			g, err := c.Range(r.ctx, &pb.RangeRequest{Key: []byte(r.name("k"))}, grpc.MaxCallRecvMsgSize(math.MaxInt32))
+			if err == nil && len(g.Kvs) == 1 {
+				r.record("get: %d bytes, mod rev0+%d", len(g.Kvs[0].Value), g.Kvs[0].ModRevision-r.rev0)
+			} else {
+				r.outcome("get", g, err)
+			}
+		}
+		got[i] = r.lines
+	}
+	compareRuns(t, got)
 }

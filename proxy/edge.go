@@ -7,11 +7,13 @@ import (
 	"time"
 
 	middleware "github.com/grpc-ecosystem/go-grpc-middleware/v2"
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 // edgeUnary and edgeStream are the one edge every call passes: once the
@@ -26,6 +28,9 @@ func (s *Server) edgeUnary(ctx context.Context, req any, info *grpc.UnaryServerI
 	}
 	if err := s.authorize(ctx, info.FullMethod, req); err != nil {
 		return nil, err
+	}
+	if s.tooLarge(req) {
+		return nil, rpctypes.ErrGRPCRequestTooLarge
 	}
 	start := time.Now()
 	resp, err := handler(forwardContext(ctx), req)
@@ -85,6 +90,18 @@ func (a *authorizedStream) RecvMsg(m any) error {
 		return a.s.authorize(a.Context(), a.method, m)
 	}
 	return nil
+}
+
+// tooLarge: req is a write larger than MaxRequestBytes, which etcd refuses
+// as too large when it is over its own limit (etcd measures the request
+// as it proposes it, a few bytes more, so with the cluster's limit etcd
+// refuses whatever this passes that is too large for it).
+func (s *Server) tooLarge(req any) bool {
+	switch req.(type) {
+	case *pb.PutRequest, *pb.DeleteRangeRequest, *pb.TxnRequest:
+		return uint(proto.Size(req.(proto.Message))) > s.cfg.MaxRequestBytes
+	}
+	return false
 }
 
 func (s *Server) refused(method string) bool {

@@ -40,6 +40,9 @@ type EmbedOptions struct {
 	// files (and asks for client certificates if it says so), for tests of
 	// the proxy's etcd-facing TLS.
 	ClientTLS *transport.TLSInfo
+	// MaxRequestBytes is etcd's --max-request-bytes (0: etcd's default). In
+	// dev mode the proxy's own limit (Config.MaxRequestBytes).
+	MaxRequestBytes uint
 }
 
 // StartEmbeddedEtcd starts etcd with its data in dir (created if missing); an
@@ -94,6 +97,9 @@ func StartEmbeddedEtcd(dir string, opts EmbedOptions) (*EmbeddedEtcd, error) {
 	}
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg)
 	cfg.UnsafeNoFsync = opts.UnsafeNoFsync
+	if opts.MaxRequestBytes > 0 {
+		cfg.MaxRequestBytes = opts.MaxRequestBytes
+	}
 
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {

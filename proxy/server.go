@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -41,13 +42,16 @@ import (
 )
 
 // Etcd's limits, so that requests the proxy forwards are judged as etcd
-// judges them: 1.5 MiB of request plus gRPC overhead, and keepalive pings no
-// more often than every 5 s.
+// judges them: a message of Config.MaxRequestBytes plus gRPC overhead, and
+// keepalive pings no more often than every 5 s.
 const (
-	maxRequestBytes   = 1.5*1024*1024 + 512*1024
-	maxHeaderBytes    = 64 << 10 // an HTTP/1.1 request's header
-	keepaliveMinTime  = 5 * time.Second
-	inprocBufferBytes = 1 << 20
+	grpcOverheadBytes = 512 * 1024 // etcd's, over its --max-request-bytes
+	// MaxRequestBytesLimit is the largest Config.MaxRequestBytes: with the
+	// overhead, gRPC's largest message.
+	MaxRequestBytesLimit = math.MaxInt32 - grpcOverheadBytes
+	maxHeaderBytes       = 64 << 10 // an HTTP/1.1 request's header
+	keepaliveMinTime     = 5 * time.Second
+	inprocBufferBytes    = 1 << 20
 )
 
 // Server is one coordproxy: a gRPC listener in front of an etcd cluster.
@@ -175,7 +179,11 @@ func (s *Server) connectEtcd(ctx context.Context) (err error) {
 	}
 	s.endpoints = s.cfg.Endpoints
 	if len(s.endpoints) == 0 {
-		if s.etcd, err = StartEmbeddedEtcd(s.cfg.DataDir, s.cfg.Embed); err != nil {
+		opts := s.cfg.Embed
+		if opts.MaxRequestBytes == 0 {
+			opts.MaxRequestBytes = s.cfg.MaxRequestBytes // one limit, etcd's and the proxy's
+		}
+		if s.etcd, err = StartEmbeddedEtcd(s.cfg.DataDir, opts); err != nil {
 			return err
 		}
 		s.endpoints = []string{s.etcd.URL}
@@ -226,7 +234,7 @@ func (s *Server) newGRPC() error {
 	overrun := newOverrunCheck(s.log, s.cfg.RequestTimeout, s.cfg.Registry)
 	rpcStats := newRPCStats(s.cfg.Registry, overrun)
 	opts := []grpc.ServerOption{
-		grpc.MaxRecvMsgSize(maxRequestBytes),
+		grpc.MaxRecvMsgSize(int(s.cfg.MaxRequestBytes + grpcOverheadBytes)),
 		grpc.ConnectionTimeout(s.cfg.HandshakeTimeout),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: keepaliveMinTime}),
 		// A client whose host vanished or whose process is paused answers

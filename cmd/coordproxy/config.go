@@ -38,6 +38,7 @@ type Config struct {
 	KeepaliveInterval   time.Duration `envconfig:"GRPC_KEEPALIVE_INTERVAL" flag:"grpc-keepalive-interval" default:"10s" desc:"ping a client connection after this long with nothing received from it; with --grpc-keepalive-timeout, how soon a vanished or paused client's sessions without heartbeats end"`
 	KeepaliveTimeout    time.Duration `envconfig:"GRPC_KEEPALIVE_TIMEOUT" flag:"grpc-keepalive-timeout" default:"5s" desc:"close a client connection whose ping is not answered within this long"`
 	SessionLockDelay    time.Duration `envconfig:"SESSION_LOCK_DELAY" flag:"session-lock-delay" default:"0s" desc:"the least lock delay of every session: after a session ends without a close (a window past its last heartbeat), its lease is revoked only this much later, so that a holder paused between checking its window and writing cannot overlap the next one by less; at most 1m"`
+	MaxRequestBytes     uint          `envconfig:"MAX_REQUEST_BYTES" flag:"max-request-bytes" default:"1572864" desc:"the largest request the proxy accepts, as etcd's flag of the same name: a write larger is refused with etcd's \"etcdserver: request is too large\", and any message larger than it plus 512 KiB with gRPC's ResourceExhausted; set it to the cluster's"`
 	MaxEtcdRequests     int           `envconfig:"MAX_ETCD_REQUESTS" flag:"max-etcd-requests" default:"128" desc:"most unary etcd requests in flight at once; more calls wait in the proxy instead of overloading etcd"`
 	Namespace           string        `envconfig:"NAMESPACE" flag:"namespace" desc:"key prefix, ending in /, under which every key the proxy touches lives (locks, elections, KV, watches); keys in responses come back without it"`
 	LogLevel            string        `envconfig:"LOG_LEVEL" flag:"log-level" default:"info" desc:"debug, info, warn or error"`
@@ -126,6 +127,8 @@ func bindFlags(fs *flag.FlagSet, c *Config) {
 			fs.BoolVar(p, name, *p, usage)
 		case *int:
 			fs.IntVar(p, name, *p, usage)
+		case *uint:
+			fs.UintVar(p, name, *p, usage)
 		default:
 			panic("config field of unsupported type: " + f.Name)
 		}
@@ -170,6 +173,9 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 	if c.SessionLockDelay < 0 || c.SessionLockDelay > session.MaxLockDelay {
 		return proxy.Config{}, 0, fmt.Errorf("invalid --session-lock-delay %s: must be between 0s and %s", c.SessionLockDelay, session.MaxLockDelay)
 	}
+	if c.MaxRequestBytes == 0 || c.MaxRequestBytes > proxy.MaxRequestBytesLimit {
+		return proxy.Config{}, 0, fmt.Errorf("invalid --max-request-bytes %d: must be between 1 and %d", c.MaxRequestBytes, proxy.MaxRequestBytesLimit)
+	}
 	if c.MaxEtcdRequests <= 0 {
 		return proxy.Config{}, 0, fmt.Errorf("invalid --max-etcd-requests %d: must be positive", c.MaxEtcdRequests)
 	}
@@ -203,6 +209,7 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 		SessionLockDelay:    c.SessionLockDelay,
 		Pprof:               c.Pprof,
 		MaxEtcdRequests:     c.MaxEtcdRequests,
+		MaxRequestBytes:     c.MaxRequestBytes,
 		Namespace:           c.Namespace,
 		CertFile:            c.CertFile,
 		KeyFile:             c.KeyFile,

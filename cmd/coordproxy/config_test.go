@@ -64,6 +64,7 @@ func TestRun_invalidConfigurationExitsWithOneLine(t *testing.T) {
 		{"drain delay as long as shutdown timeout", nil, map[string]string{"COORDPROXY_DRAIN_DELAY": "10s"}, 2, "invalid --drain-delay 10s: must be shorter than --shutdown-timeout 10s, which includes it"},
 		{"bad drain delay env", nil, map[string]string{"COORDPROXY_DRAIN_DELAY": "later"}, 2, `invalid COORDPROXY_DRAIN_DELAY="later"`},
 		{"no etcd requests allowed", []string{"--max-etcd-requests", "0"}, nil, 2, "invalid --max-etcd-requests 0: must be positive"},
+		{"no request allowed", []string{"--max-request-bytes", "0"}, nil, 2, "invalid --max-request-bytes 0: must be between 1 and 2146959359"},
 		{"bad number env", nil, map[string]string{"COORDPROXY_MAX_ETCD_REQUESTS": "many"}, 2, `invalid COORDPROXY_MAX_ETCD_REQUESTS="many"`},
 		{"listen without port", []string{"--listen", "localhost"}, nil, 2, `invalid --listen "localhost"`},
 		{"listen port out of range", []string{"--listen", "127.0.0.1:70000"}, nil, 2, `invalid --listen "127.0.0.1:70000"`},
@@ -252,6 +253,7 @@ func TestConfig_defaultsAreProxyDefaults(t *testing.T) {
 		{"grpc-keepalive-timeout", got.KeepaliveTimeout, want.KeepaliveTimeout},
 		{"session-lock-delay", got.SessionLockDelay, want.SessionLockDelay},
 		{"max-etcd-requests", got.MaxEtcdRequests, want.MaxEtcdRequests},
+		{"max-request-bytes", got.MaxRequestBytes, want.MaxRequestBytes},
 		{"namespace", got.Namespace, want.Namespace},
 	} {
 		if f.got != f.want {

@@ -34,7 +34,15 @@ func Logger() *slog.Logger {
 // StartEtcd starts a real single-member etcd.
 func StartEtcd(t testing.TB) *proxy.EmbeddedEtcd {
 	t.Helper()
-	e, err := proxy.StartEmbeddedEtcd(t.TempDir(), proxy.EmbedOptions{UnsafeNoFsync: true, LogLevel: "error"})
+	return StartEtcdWith(t, proxy.EmbedOptions{})
+}
+
+// StartEtcdWith starts a real single-member etcd with opts (fsync off and
+// error logs only, whatever opts say).
+func StartEtcdWith(t testing.TB, opts proxy.EmbedOptions) *proxy.EmbeddedEtcd {
+	t.Helper()
+	opts.UnsafeNoFsync, opts.LogLevel = true, "error"
+	e, err := proxy.StartEmbeddedEtcd(t.TempDir(), opts)
 	if err != nil {
 		t.Fatalf("start etcd: %v", err)
 	}
