@@ -2,9 +2,12 @@ package proxytest
 
 import (
 	"context"
+	"math/rand/v2"
 	"net"
 	"net/url"
+	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -131,15 +134,49 @@ func WaitFor(t testing.TB, bound time.Duration, cond func() (bool, string)) {
 	}
 }
 
-// FreeAddr returns a loopback address with a port that was free a moment ago.
+// FreeAddr returns a loopback address with a port that was free a moment
+// ago, for a process to bind later. The port is below the kernel's
+// ephemeral range, where neither outgoing connections nor listeners on
+// port 0 take ports, so that between now and the bind only another
+// FreeAddr caller could take it (tests with many processes connecting make
+// a port from the ephemeral range likely to be taken meanwhile).
 func FreeAddr(t testing.TB) string {
 	t.Helper()
+	lo, hi := 10000, ephemeralStart()
+	for range 200 {
+		if hi-lo < 1000 {
+			break
+		}
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(lo+rand.IntN(hi-lo)))
+		if l, err := net.Listen("tcp", addr); err == nil {
+			l.Close()
+			return addr
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// ephemeralStart is the first port of the kernel's ephemeral range
+// (Linux's ip_local_port_range; 32768 where it cannot be read).
+func ephemeralStart() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 32768
+	}
+	n, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 32768
+	}
+	return n
 }
 
 // Metric is the sum of the series of the metric called name whose labels
