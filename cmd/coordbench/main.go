@@ -14,6 +14,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/coordproxy/coordproxy/client"
 	"io"
 	"os"
 	"os/signal"
@@ -77,6 +78,7 @@ var scenarios = []scenario{
 	{id: "observe", title: "Observe fan-out", run: observeScenario, freshEtcd: true},
 	{id: "waiters", title: "blocked Lock waiters on 1 name", run: waitersScenario, proxyFirst: true, freshEtcd: true},
 	{id: "held", title: "distinct locks held by one lease", run: heldScenario, proxyFirst: true, freshEtcd: true},
+	{id: "sessions", title: "sessions held", run: sessionsScenario, proxyFirst: true, freshEtcd: true},
 }
 
 // bench is one run.
@@ -85,14 +87,19 @@ type bench struct {
 	observers      int
 	waiters        int
 	held           int
+	sessions       int
+	sessionWindow  time.Duration
 	waitersTimeout time.Duration
 	heapProfile    string // where the waiters scenario saves the proxy's heap profile
-	etcdURL        string
-	etcd, proxy    *child
-	policed        *child // with -policy: a second proxy with a policy in force
-	progressOut    io.Writer
-	seq            atomic.Int64
-	runID          string
+	// With -pin, etcd's CPUs and the others' (where coordbench and the
+	// proxy run); nil without.
+	etcdCPUs, restCPUs []int
+	etcdURL            string
+	etcd, proxy        *child
+	policed            *child // with -policy: a second proxy with a policy in force
+	progressOut        io.Writer
+	seq                atomic.Int64
+	runID              string
 	// etcd's watchers when etcd and the proxy were (re)started: the waiters
 	// scenario waits for those of earlier runs on this etcd to end (the
 	// other target's, or earlier scenarios' with -endpoints) before it
@@ -142,6 +149,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	observers := fs.Int("observers", 128, "Observe streams in the fan-out scenario")
 	waiters := fs.Int("waiters", 10000, "blocked Lock calls in the waiters scenario")
 	held := fs.Int("held", 10000, "distinct locks one lease holds in the held scenario")
+	sessionWindow := fs.Duration("session-window", client.DefaultWindow, "the window of the sessions scenario's sessions (a heartbeat every quarter of it)")
+	sessions := fs.Int("sessions", 10000, "sessions held at once in the sessions scenario (heartbeating through the proxy; concurrency.Session natively)")
 	waitersTimeout := fs.Duration("waiters-timeout", 90*time.Second, "bound for parking the waiters, per target")
 	only := fs.String("scenarios", "", "comma-separated scenario ids to run (default all): "+scenarioIDs())
 	jsonOut := fs.String("json", "", "also write the results as JSON to this file")
@@ -176,9 +185,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "coordbench: no scenario matches %q; choose from %s\n", *only, scenarioIDs())
 		return 2
 	}
-	var etcdCPUs []int
+	var etcdCPUs, rest []int
 	if *pin {
-		var rest []int
 		var was unix.CPUSet
 		err := unix.SchedGetaffinity(0, &was)
 		if err == nil {
@@ -196,8 +204,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	b := &bench{duration: *duration, observers: *observers, waiters: *waiters, held: *held, waitersTimeout: *waitersTimeout,
-		heapProfile: *heapprofile, progressOut: stderr, runID: fmt.Sprintf("%x", time.Now().UnixNano())}
+	b := &bench{duration: *duration, observers: *observers, waiters: *waiters, held: *held, sessions: *sessions, sessionWindow: *sessionWindow, waitersTimeout: *waitersTimeout,
+		heapProfile: *heapprofile, progressOut: stderr, runID: fmt.Sprintf("%x", time.Now().UnixNano()),
+		etcdCPUs: etcdCPUs, restCPUs: rest}
 	ownEtcd := *endpoints == ""
 	if ownEtcd && *dataDir == "" {
 		tmp, err := os.MkdirTemp(tmpfsDir(), "coordbench-etcd")
@@ -296,6 +305,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			title = fmt.Sprintf("%d %s", b.waiters, s.title)
 		case "held":
 			title = fmt.Sprintf("%d %s", b.held, s.title)
+		case "sessions":
+			title = fmt.Sprintf("%d %s", b.sessions, s.title)
 		}
 		order := []target{native, proxied}
 		if s.proxyFirst {
@@ -411,7 +422,8 @@ func latencies(r result) string {
 
 func notes(n, p result) string {
 	var parts []string
-	for _, k := range []string{"parked", "seconds_to_park", "etcd_watchers_added", "etcd_watchers_total", "etcd_rss_growth_mib", "proxy_rss_mib", "proxy_stack_mib", "proxy_heap_inuse_mib", "proxy_heap_idle_kept_mib", "proxy_rss_growth_mib", "proclaims_undelivered"} {
+	for _, k := range []string{"parked", "seconds_to_park", "etcd_watchers_added", "etcd_watchers_total", "etcd_rss_growth_mib", "proxy_rss_mib", "proxy_stack_mib", "proxy_heap_inuse_mib", "proxy_heap_idle_kept_mib", "proxy_rss_growth_mib", "proclaims_undelivered",
+		"held_etcd_cpu_cores", "held_etcd_requests_per_s", "held_etcd_keepalives_per_s", "held_proxy_cpu_cores", "held_proxy_heartbeats_per_s", "held_proxy_cpu_us_per_heartbeat", "held_clients_cpu_cores", "sessions_ended_while_held", "first_ended_why"} {
 		nv, nok := n.Extra[k]
 		pv, pok := p.Extra[k]
 		if nok || pok {

@@ -25,7 +25,7 @@ func TestCoordbench_runsEveryScenarioAgainstBoth(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "bench.json")
 	var stdout, stderr bytes.Buffer
 	dataDir := filepath.Join(t.TempDir(), "etcd")
-	code := run([]string{"-duration", "300ms", "-observers", "8", "-waiters", "200", "-waiters-timeout", "60s", "-held", "200",
+	code := run([]string{"-duration", "300ms", "-observers", "8", "-waiters", "200", "-waiters-timeout", "60s", "-held", "200", "-sessions", "50",
 		"-data-dir", dataDir, "-json", out}, &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("exit %d\n%s", code, stderr.String())
@@ -92,6 +92,10 @@ func TestCoordbench_runsEveryScenarioAgainstBoth(t *testing.T) {
 		case strings.Contains(r.Scenario, "locks held"):
 			if r.Count != 200 || r.Extra["etcd_watchers_added"] != float64(0) {
 				t.Errorf("held locks through the proxy: %d held, %v; want 200 held on no etcd watcher", r.Count, r.Extra)
+			}
+		case strings.Contains(r.Scenario, "sessions held"):
+			if r.Count != 50 || r.Extra["held_proxy_heartbeats_per_s"] == nil || r.Extra["held_proxy_cpu_cores"] == nil {
+				t.Errorf("sessions through the proxy: %d opened, %v; want 50 and what holding them costs the proxy", r.Count, r.Extra)
 			}
 		case strings.Contains(r.Scenario, "Observe"):
 			if r.Extra["proclaims_undelivered"] != float64(0) {
