@@ -133,7 +133,9 @@ func WithContext(ctx context.Context) SessionOption {
 
 // NewSession opens a session on cli, whose endpoints are coordproxy
 // replicas. It waits for the proxy at most until the context of
-// WithContext ends, or DefaultOpenTimeout.
+// WithContext ends, or DefaultOpenTimeout; an opening answered only after
+// the window has passed is given back (its lease revoked) and tried again
+// within that time, except with WithLease, whose lease the close revokes.
 func NewSession(cli *clientv3.Client, opts ...SessionOption) (*Session, error) {
 	o := sessionOptions{ttl: 60, window: DefaultWindow, ctx: cli.Ctx()}
 	for _, opt := range opts {
@@ -151,15 +153,23 @@ func NewSession(cli *clientv3.Client, opts ...SessionOption) (*Session, error) {
 	if d, ok := o.ctx.Deadline(); ok {
 		until = clock.Now() + time.Until(d)
 	}
-	bs, resp, err := s.open(first, until)
-	if err != nil {
-		cancel()
-		return nil, err
-	}
-	if clock.Now() >= time.Duration(s.safe.Load()) {
-		// Answered after its own window: not safe from the start. Give
-		// the lease back (a close revokes it) rather than hand out a
-		// session that is already over.
+	var bs *beatStream
+	var resp *coordproxyv1.SessionResponse
+	for {
+		var err error
+		bs, resp, err = s.open(first, until)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		if clock.Now() < time.Duration(s.safe.Load()) {
+			break
+		}
+		// Answered after its own window (a loaded proxy or etcd): not
+		// safe from the start. Give the lease back (a close revokes it)
+		// rather than hand out a session that is already over, and open
+		// a new one while the opening's time lasts; a lease the caller
+		// gave is gone with the close, so that ends here.
 		bs.send(&coordproxyv1.SessionRequest{Close: true})
 		closed := make(chan struct{})
 		go func() { bs.st.Recv(); close(closed) }()
@@ -167,8 +177,11 @@ func NewSession(cli *clientv3.Client, opts ...SessionOption) (*Session, error) {
 		case <-closed:
 		case <-time.After(o.window):
 		}
-		cancel()
-		return nil, fmt.Errorf("%w: coordproxy answered the opening after the window (%s)", ErrSessionLost, o.window)
+		bs.cancel()
+		if o.lease != 0 || clock.Now() >= until {
+			cancel()
+			return nil, fmt.Errorf("%w: coordproxy answered the opening after the window (%s)", ErrSessionLost, o.window)
+		}
 	}
 	s.lease = clientv3.LeaseID(resp.Lease)
 	s.lockDelay = time.Duration(resp.LockDelayMs) * time.Millisecond
