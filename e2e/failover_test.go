@@ -55,6 +55,17 @@ const (
 	// 0.1 ms, and a round runs twenty of them, beside a CPU-heavy job in
 	// the stress runs. Far finer than the gaps measured (85 ms and more).
 	stampEvery = 20 * time.Millisecond
+	// keptWindow is the window of the sessions that must survive a
+	// replica's or etcd's leader's death. Surviving it takes the resume of
+	// every session of the dead replica at once, through the other, each
+	// within what is left of its window — a budget of time, which a loaded
+	// machine can overrun (with two busy loops beside this test, once in
+	// about ten runs most of 80 sessions of the default 750 ms window were
+	// lost, safely). What the test checks is that sessions resume and that
+	// nobody revokes them, not how fast this machine is: a 3 s window
+	// leaves about 2 s for the resumes (docs/reliability.md has the
+	// default window's figures under load).
+	keptWindow = 3 * time.Second
 )
 
 // readStamps reads the times (clock.Now, ns) written to files, one a line;
@@ -129,7 +140,7 @@ type goTrial struct {
 // reaching the proxies at holderAddrs(trial) with a lease of ttl seconds,
 // noting its critical section every every, and a next holder waiting
 // through nextAddr.
-func goRound(t *testing.T, ctx context.Context, kv *clientv3.Client, round, perKind int, holderAddrs func(*goTrial) []string, nextAddr string, ttl int, every time.Duration) []*goTrial {
+func goRound(t *testing.T, ctx context.Context, kv *clientv3.Client, round, perKind int, holderAddrs func(*goTrial) []string, nextAddr string, ttl int, window, every time.Duration) []*goTrial {
 	t.Helper()
 	mustHolderBinary(t) // built here, not in the goroutines below
 	dir := t.TempDir()
@@ -148,7 +159,7 @@ func goRound(t *testing.T, ctx context.Context, kv *clientv3.Client, round, perK
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			h, err := launchHolder(t, tr.kind, tr.name, addrs, ttl, tr.stamps, every)
+			h, err := launchHolder(t, tr.kind, tr.name, addrs, ttl, window, tr.stamps, every)
 			tr.h = h
 			if err != nil {
 				errs <- err
@@ -264,13 +275,15 @@ func stopped(t *testing.T, ctx context.Context, tr *goTrial) {
 }
 
 // kept checks each trial of a case whose fault must not end a healthy
-// session: the holder goes on writing past since plus two seconds without
-// saying it lost, and the next holder still waits. Every false loss is
+// session: the holder goes on writing past since plus its window and a
+// second without saying it lost (a session whose resume failed ends within
+// its window), and the next holder still waits. Every false loss is
 // counted before the test fails.
-func kept(t *testing.T, trials []*goTrial, since time.Duration) {
+func kept(t *testing.T, trials []*goTrial, since, window time.Duration) {
 	t.Helper()
 	lost := map[*goTrial]string{}
-	waitFor(t, 30*time.Second, "every holder writing 2 s after the fault, or lost", func() bool {
+	horizon := window + time.Second
+	waitFor(t, 30*time.Second, fmt.Sprintf("every holder writing %s after the fault, or lost", horizon), func() bool {
 		for _, tr := range trials {
 			if _, ok := lost[tr]; ok {
 				continue
@@ -289,7 +302,7 @@ func kept(t *testing.T, trials []*goTrial, since time.Duration) {
 				}
 			default:
 			}
-			if s := readStamps(tr.stamps); len(s) == 0 || slices.Max(s) <= since+2*time.Second {
+			if s := readStamps(tr.stamps); len(s) == 0 || slices.Max(s) <= since+horizon {
 				return false
 			}
 		}
@@ -343,7 +356,7 @@ func TestFailover_aHolderThatLosesItStopsBeforeTheNextHolds(t *testing.T) {
 					}
 					tr.relay = proxytest.NewRelay(t, ps[0].addr)
 					return []string{tr.relay.Addr()}
-				}, ps[1].addr, sessionTTL, stampEvery)
+				}, ps[1].addr, sessionTTL, 0, stampEvery)
 				faultEach(trials, func(tr *goTrial) {
 					switch fault {
 					case "SIGKILL":
@@ -395,7 +408,7 @@ func TestFailover_aHealthySessionSurvivesAReplicaOrLeaderKill(t *testing.T) {
 				b.Refuse()
 				toB = append(toB, b)
 				return []string{ps[0].addr, b.Addr()}
-			}, ps[1].addr, sessionTTL, 50*time.Millisecond)
+			}, ps[1].addr, sessionTTL, keptWindow, 50*time.Millisecond)
 			// Then every holder connects to ps[1] as well, as clients of
 			// several replicas are: its sessions' streams stay on ps[0].
 			for _, b := range toB {
@@ -417,8 +430,8 @@ func TestFailover_aHealthySessionSurvivesAReplicaOrLeaderKill(t *testing.T) {
 				c.waitNewLeader(l, time.Minute)
 				defer c.restart(l)
 			}
-			kept(t, trials, at)
-			t.Logf("%s: %d holders kept holding and writing, no next holder granted", fault, len(trials))
+			kept(t, trials, at, keptWindow)
+			t.Logf("%s: %d holders (window %s) kept holding and writing, no next holder granted", fault, len(trials), keptWindow)
 			writeReport(t, "failover_kept_"+strings.ReplaceAll(fault, " ", "_"), map[string]any{"trials": len(trials), "false_losses": 0})
 		})
 	}
@@ -447,7 +460,7 @@ func TestFailover_aHolderWhoseReplicaIsCutOffFromEtcdStopsBeforeTheLeaseExpires(
 	const ttl = 3
 	by := map[string]*failovers{}
 	for round := range failoverRounds {
-		trials := goRound(t, ctx, kv, round, failoverTrials/failoverRounds, func(*goTrial) []string { return []string{cut.addr} }, ps[0].addr, ttl, stampEvery)
+		trials := goRound(t, ctx, kv, round, failoverTrials/failoverRounds, func(*goTrial) []string { return []string{cut.addr} }, ps[0].addr, ttl, 0, stampEvery)
 		at := clock.Now()
 		for _, r := range relays {
 			r.Blackhole()

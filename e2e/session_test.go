@@ -41,7 +41,7 @@ type holderProc struct {
 
 func startHolder(t *testing.T, kind, name string, addrs ...string) *holderProc {
 	t.Helper()
-	h, err := launchHolder(t, kind, name, addrs, sessionTTL, filepath.Join(t.TempDir(), "stamps"), 100*time.Millisecond)
+	h, err := launchHolder(t, kind, name, addrs, sessionTTL, 0, filepath.Join(t.TempDir(), "stamps"), 100*time.Millisecond)
 	if h != nil {
 		t.Cleanup(h.kill)
 	}
@@ -52,10 +52,11 @@ func startHolder(t *testing.T, kind, name string, addrs ...string) *holderProc {
 }
 
 // launchHolder starts a holder process of kind on name through addrs, with
-// a lease of ttl seconds, noting its critical section in the file stamps
-// every every, and waits until it holds. The caller kills it.
-func launchHolder(t *testing.T, kind, name string, addrs []string, ttl int, stamps string, every time.Duration) (*holderProc, error) {
-	cmd := exec.Command(mustHolderBinary(t), kind, name, strings.Join(addrs, ","), fmt.Sprint(ttl), stamps, every.String())
+// a lease of ttl seconds and a session window (0: the client's default),
+// noting its critical section in the file stamps every every, and waits
+// until it holds. The caller kills it.
+func launchHolder(t *testing.T, kind, name string, addrs []string, ttl int, window time.Duration, stamps string, every time.Duration) (*holderProc, error) {
+	cmd := exec.Command(mustHolderBinary(t), kind, name, strings.Join(addrs, ","), fmt.Sprint(ttl), stamps, every.String(), window.String())
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {

@@ -1,10 +1,11 @@
 // Command holder is the e2e tests' holder process, small so that dozens of
 // them start at once on a small machine:
 //
-//	holder KIND NAME ADDRS TTL STAMPS EVERY
+//	holder KIND NAME ADDRS TTL STAMPS EVERY WINDOW
 //
 // takes KIND (lock, semaphore, rwlock, campaign) on NAME through a session
-// of TTL seconds on the coordproxy replicas ADDRS (comma-separated), prints
+// of TTL seconds and a window of WINDOW (a duration; 0s: the client's
+// default) on the coordproxy replicas ADDRS (comma-separated), prints
 // "HELD <fencing token> <lease hex>", and then, every EVERY (a duration),
 // notes the time (the boot-time clock, in ns) in the file STAMPS if its
 // session is still within its window: its critical section, checked
@@ -42,14 +43,14 @@ func main() {
 	if len(os.Args) == 3 && os.Args[1] == "-ticker-child" {
 		os.Exit(ticker(os.Args[2], false))
 	}
-	if len(os.Args) != 7 {
-		fmt.Fprintln(os.Stderr, "usage: holder KIND NAME ADDRS TTL STAMPS EVERY | holder -ticker STAMPS")
+	if len(os.Args) != 8 {
+		fmt.Fprintln(os.Stderr, "usage: holder KIND NAME ADDRS TTL STAMPS EVERY WINDOW | holder -ticker STAMPS")
 		os.Exit(2)
 	}
-	os.Exit(holder(os.Args[1], os.Args[2], strings.Split(os.Args[3], ","), os.Args[4], os.Args[5], os.Args[6]))
+	os.Exit(holder(os.Args[1], os.Args[2], strings.Split(os.Args[3], ","), os.Args[4], os.Args[5], os.Args[6], os.Args[7]))
 }
 
-func holder(kind, name string, addrs []string, ttlArg, stamps, everyArg string) int {
+func holder(kind, name string, addrs []string, ttlArg, stamps, everyArg, windowArg string) int {
 	ttl, err := strconv.ParseInt(ttlArg, 10, 64)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -60,12 +61,19 @@ func holder(kind, name string, addrs []string, ttlArg, stamps, everyArg string) 
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
+	opts := []client.SessionOption{client.WithTTL(ttl)}
+	if window, err := time.ParseDuration(windowArg); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	} else if window > 0 {
+		opts = append(opts, client.WithWindow(window))
+	}
 	cli, err := clientv3.New(clientv3.Config{Endpoints: addrs, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	s, err := client.NewSession(cli, client.WithTTL(ttl))
+	s, err := client.NewSession(cli, opts...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "session:", err)
 		return 1
