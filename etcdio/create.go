@@ -40,7 +40,7 @@ func (e *Etcd) sendCreate(ctx, actx context.Context, t Txn) (*clientv3.TxnRespon
 	}
 	bo := NewBackoff(20*time.Millisecond, 500*time.Millisecond)
 	for {
-		e.log.Debug("create transaction's outcome unknown; sending it again", "err", err)
+		e.log.Debug("create transaction's outcome unknown; sending it again", "error", err)
 		select {
 		case <-rctx.Done():
 			return nil, err

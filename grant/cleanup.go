@@ -96,7 +96,7 @@ func (c *cleaner) try(key string, rev int64) error {
 	defer cancel()
 	if err := removeTxn(ctx, c.etcd, key, rev); err != nil {
 		c.metrics.Cleanups.WithLabelValues("failed").Inc()
-		c.log.Warn("removing abandoned waiter key failed; will retry", "key", key, "create_revision", rev, "err", err)
+		c.log.Warn("removing abandoned waiter key failed; will retry", "key", key, "create_revision", rev, "error", err)
 		return err
 	}
 	c.metrics.Cleanups.WithLabelValues("done").Inc()

@@ -13,7 +13,7 @@ import (
 	"google.golang.org/grpc"
 )
 
-// kvServer passes etcd's KV service through, so that fenced writes, etcdctl
+// KV passes etcd's KV service through, so that fenced writes, etcdctl
 // and concurrency.Mutex users reach etcd at the same address as Lock and
 // Election. Requests go through the proxy's etcd client (and so through its
 // --namespace and its request limiter), turned into client operations by

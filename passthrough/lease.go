@@ -9,7 +9,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// leaseServer passes etcd's Lease service through unchanged, so that a
+// Lease passes etcd's Lease service through unchanged, so that a
 // client needs only the proxy's address to grant and keep alive the leases it
 // locks and campaigns with. Requests, responses and errors are etcd's own.
 type Lease struct {

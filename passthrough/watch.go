@@ -8,7 +8,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 )
 
-// watchServer passes etcd's Watch service through: each client stream is
+// Watch passes etcd's Watch service through: each client stream is
 // one stream to etcd, requests and responses unchanged but for the
 // namespace, so watch IDs, progress notifications, fragments, compaction and
 // cancel reasons are etcd's own. A client's require-leader metadata goes

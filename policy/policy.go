@@ -16,9 +16,11 @@
 //
 // Verbs: lock (Lock, TryLock, semaphores, RW locks, and their releases),
 // elect (Campaign, Proclaim, Resign), read (Leader, Observe, Describe, KV
-// Range and Watch), write (KV Put, DeleteRange, Txn), lease (Grant, Revoke,
-// KeepAlive, TimeToLive, sessions), admin (Maintenance.Status,
-// Cluster.MemberList, KV Compact, the list of all leases).
+// Range and RangeStream, Watch, and a Txn's compares and ranges), write (KV
+// Put, DeleteRange, and a Txn's puts and deletes), lease (Grant, Revoke,
+// KeepAlive, TimeToLive, sessions), admin (KV Compact, the list of all
+// leases). Authenticate, Maintenance.Status and Cluster.MemberList need no
+// verb.
 package policy
 
 import (

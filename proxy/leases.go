@@ -35,7 +35,7 @@ type leaseOwners struct {
 	owners map[int64]string // "" : no record
 }
 
-// record writes the owner of a lease just granted for ctx's caller.
+// recordLease writes the owner of a lease just granted for ctx's caller.
 func (s *Server) recordLease(ctx context.Context, lease clientv3.LeaseID) error {
 	if s.policy.Policy() == nil {
 		return nil

@@ -136,6 +136,9 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	}
 	defer func() {
 		if err != nil {
+			if s.stopPolicy != nil {
+				s.stopPolicy() // its reload goroutine, started below
+			}
 			s.closeEtcdSide(context.Background())
 			s.lis.Close()
 		}

@@ -105,7 +105,7 @@ func (q *Queue) watchOnce() bool {
 		}
 		if err := q.snapshot(); err != nil {
 			if q.ctx.Err() == nil {
-				q.r.log.Warn("queue snapshot failed", "prefix", q.prefix, "err", err)
+				q.r.log.Warn("queue snapshot failed", "prefix", q.prefix, "error", err)
 			}
 			return false
 		}
@@ -134,7 +134,7 @@ func (q *Queue) logWatchEnd(wr clientv3.WatchResponse, ok bool) {
 		return
 	}
 	if ok && wr.Err() != nil {
-		q.r.log.Warn("queue watch ended", "prefix", q.prefix, "err", wr.Err())
+		q.r.log.Warn("queue watch ended", "prefix", q.prefix, "error", wr.Err())
 	} else {
 		q.r.log.Debug("queue watch closed", "prefix", q.prefix)
 	}

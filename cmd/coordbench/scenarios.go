@@ -101,7 +101,6 @@ func (r *recorder) result(scenario, tgt string, elapsed time.Duration) result {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-// grant grants a lease of ttl seconds and keeps it alive until ctx ends.
 // keptLease grants a lease of ttl seconds on cli and keeps it alive until
 // release, which revokes it.
 func keptLease(cli *clientv3.Client, ttl int64) (lease clientv3.LeaseID, release func(), err error) {
@@ -116,6 +115,7 @@ func keptLease(cli *clientv3.Client, ttl int64) (lease clientv3.LeaseID, release
 	}, nil
 }
 
+// grant grants a lease of ttl seconds and keeps it alive until ctx ends.
 func grant(ctx context.Context, cli *clientv3.Client, ttl int64) (clientv3.LeaseID, error) {
 	g, err := cli.Grant(ctx, ttl)
 	if err != nil {

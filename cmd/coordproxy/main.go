@@ -1,5 +1,8 @@
-// Command coordproxy serves etcd's Lock, Election and Lease APIs in front of
-// an etcd cluster. With no endpoints it starts a real embedded etcd (dev mode).
+// Command coordproxy serves etcd's Lock and Election APIs, its KV, Watch and
+// Lease passed through, and coordproxy.v1 (TryLock, fencing, semaphores,
+// read/write locks, sessions) in front of an etcd cluster; with no
+// endpoints it starts a real embedded etcd (dev mode). It is also the
+// lock, elect and describe client commands.
 package main
 
 import (

@@ -31,7 +31,7 @@ func setMemoryLimit(log *slog.Logger, limits memlimit.Provider) {
 	limit, err := memlimit.Set(memlimit.WithRatio(memLimitRatio), memlimit.WithProvider(limits))
 	switch {
 	case err != nil:
-		log.Debug("no container memory limit found; GOMEMLIMIT not set", "err", err)
+		log.Debug("no container memory limit found; GOMEMLIMIT not set", "error", err)
 	case limit > 0 && limit < math.MaxInt64:
 		log.Info("GOMEMLIMIT set from the container's memory limit", "gomemlimit", limit)
 	}
