@@ -3,9 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"sync"
-	"sync/atomic"
-	"time"
 
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
 )
@@ -30,38 +27,14 @@ func heldScenario(ctx context.Context, b *bench, t target, scenario string) (res
 	before := b.footprintNow(ctx)
 
 	prefix := b.unique("held")
-	rec := newRecorder()
-	var next atomic.Int64
-	var firstErr atomic.Value
-	var wg sync.WaitGroup
-	pctx, stopProgress := context.WithCancel(ctx)
-	go b.progress(pctx, scenario, t, rec.count)
-	for w := range 64 {
-		locks := v3lockpb.NewLockClient(clis[w%len(clis)].ActiveConnection())
-		wg.Go(func() {
-			for ctx.Err() == nil {
-				i := next.Add(1) - 1
-				if i >= int64(b.held) {
-					return
-				}
-				start := time.Now()
-				_, err := locks.Lock(ctx, &v3lockpb.LockRequest{Name: fmt.Appendf(nil, "%s/%d", prefix, i), Lease: int64(lease)})
-				if err != nil {
-					rec.errors.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-					continue
-				}
-				rec.add(time.Since(start))
-			}
-		})
+	locks := make([]v3lockpb.LockClient, 64)
+	for w := range locks {
+		locks[w] = v3lockpb.NewLockClient(clis[w%len(clis)].ActiveConnection())
 	}
-	wg.Wait()
-	stopProgress()
-	res := rec.result(scenario, t.name, time.Since(rec.start))
-	res.Extra = map[string]any{}
-	if e := firstErr.Load(); e != nil {
-		res.Extra["first_error"] = e
-	}
+	res := b.inParallel(ctx, scenario, t, b.held, func(w, i int) error {
+		_, err := locks[w].Lock(ctx, &v3lockpb.LockRequest{Name: fmt.Appendf(nil, "%s/%d", prefix, i), Lease: int64(lease)})
+		return err
+	})
 	before.grown(b.footprintNow(ctx), t, res.Extra)
 	return res, nil
 }

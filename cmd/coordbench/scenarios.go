@@ -319,3 +319,41 @@ func (f footprint) grown(now footprint, t target, extra map[string]any) {
 		extra["proxy_rss_growth_mib"] = mib(now.proxyRSS - f.proxyRSS)
 	}
 }
+
+// inParallel makes n calls, call(w, i) for every i in [0, n), on 64
+// workers w taking the next i in turn, until ctx ends: each call timed in
+// a recorder, with a progress line. The result's Extra holds the first
+// error, if any.
+func (b *bench) inParallel(ctx context.Context, scenario string, t target, n int, call func(w, i int) error) result {
+	rec := newRecorder()
+	var next atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	pctx, stopProgress := context.WithCancel(ctx)
+	go b.progress(pctx, scenario, t, rec.count)
+	for w := range 64 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				start := time.Now()
+				if err := call(w, i); err != nil {
+					rec.errors.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				rec.add(time.Since(start))
+			}
+		})
+	}
+	wg.Wait()
+	stopProgress()
+	res := rec.result(scenario, t.name, time.Since(rec.start))
+	res.Extra = map[string]any{}
+	if e := firstErr.Load(); e != nil {
+		res.Extra["first_error"] = e
+	}
+	return res
+}

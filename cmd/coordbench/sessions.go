@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/coordproxy/coordproxy/client"
@@ -46,42 +45,16 @@ func sessionsScenario(ctx context.Context, b *bench, t target, scenario string) 
 	defer closeAll()
 	before := b.footprintNow(ctx)
 
-	rec := newRecorder()
 	closers := make([]func(), b.sessions)
 	dones := make([]<-chan struct{}, b.sessions)
 	errs := make([]func() error, b.sessions)
-	var next atomic.Int64
-	var firstErr atomic.Value
-	var wg sync.WaitGroup
-	pctx, stopProgress := context.WithCancel(ctx)
-	go b.progress(pctx, scenario, t, rec.count)
-	for w := range 64 {
-		cli := clis[w%len(clis)]
-		wg.Go(func() {
-			for ctx.Err() == nil {
-				i := next.Add(1) - 1
-				if i >= int64(b.sessions) {
-					return
-				}
-				start := time.Now()
-				closer, done, errOf, err := openSession(cli, t.name == "coordproxy", b.sessionWindow)
-				if err != nil {
-					rec.errors.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-					continue
-				}
-				rec.add(time.Since(start))
-				closers[i], dones[i], errs[i] = closer, done, errOf
-			}
-		})
-	}
-	wg.Wait()
-	stopProgress()
-	res := rec.result(scenario, t.name, time.Since(rec.start))
-	res.Extra = map[string]any{}
-	if e := firstErr.Load(); e != nil {
-		res.Extra["first_error"] = e
-	}
+	res := b.inParallel(ctx, scenario, t, b.sessions, func(w, i int) error {
+		closer, done, errOf, err := openSession(clis[w%len(clis)], t.name == "coordproxy", b.sessionWindow)
+		if err == nil {
+			closers[i], dones[i], errs[i] = closer, done, errOf
+		}
+		return err
+	})
 
 	// Held: a second for the opening's work to settle, then the window.
 	select {
