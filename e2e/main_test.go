@@ -39,12 +39,7 @@ var binaries = sync.OnceValues(func() (struct{ etcd, coordproxy string }, error)
 		{out.etcd, "github.com/coordproxy/coordproxy/e2e/etcd"},
 		{out.coordproxy, "github.com/coordproxy/coordproxy/cmd/coordproxy"},
 	} {
-		wg.Go(func() {
-			cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", b.bin, b.pkg)
-			if o, err := cmd.CombinedOutput(); err != nil {
-				errs[i] = fmt.Errorf("go build %s: %v\n%s", b.pkg, err, o)
-			}
-		})
+		wg.Go(func() { errs[i] = goBuild(b.bin, b.pkg) })
 	}
 	wg.Wait()
 	for _, err := range errs {
@@ -58,11 +53,7 @@ var binaries = sync.OnceValues(func() (struct{ etcd, coordproxy string }, error)
 // holderBinary builds the holder processes' program (e2e/holder) once.
 var holderBinary = sync.OnceValues(func() (string, error) {
 	bin := filepath.Join(binDir, "holder")
-	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "github.com/coordproxy/coordproxy/e2e/holder")
-	if o, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build holder: %v\n%s", err, o)
-	}
-	return bin, nil
+	return bin, goBuild(bin, "github.com/coordproxy/coordproxy/e2e/holder")
 })
 
 func mustHolderBinary(t *testing.T) string {
@@ -78,12 +69,17 @@ func mustHolderBinary(t *testing.T) string {
 // that drive the proxy with it.
 var etcdctlBinary = sync.OnceValues(func() (string, error) {
 	bin := filepath.Join(binDir, "etcdctl")
-	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "github.com/coordproxy/coordproxy/e2e/etcdctl")
-	if o, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build etcdctl: %v\n%s", err, o)
-	}
-	return bin, nil
+	return bin, goBuild(bin, "github.com/coordproxy/coordproxy/e2e/etcdctl")
 })
+
+// goBuild builds pkg into bin with the go command of the running toolchain.
+func goBuild(bin, pkg string) error {
+	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, pkg)
+	if o, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build %s: %v\n%s", pkg, err, o)
+	}
+	return nil
+}
 
 func mustBinaries(t *testing.T) (etcd, coordproxy string) {
 	t.Helper()
