@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coordproxy/coordproxy/grant"
+	"github.com/coordproxy/coordproxy/keyspace"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -71,7 +71,7 @@ func checkRecords(t *testing.T, kv *clientv3.Client, prefix, name string) record
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			h, err := kv.Get(ctx, grant.Prefix(name), append(clientv3.WithFirstCreate(), clientv3.WithRev(kvs[i].ModRevision))...)
+			h, err := kv.Get(ctx, keyspace.Prefix(name), append(clientv3.WithFirstCreate(), clientv3.WithRev(kvs[i].ModRevision))...)
 			mu.Lock()
 			defer mu.Unlock()
 			switch {
@@ -106,7 +106,7 @@ func (w *workload) ghosts(t *testing.T, names []string, grace time.Duration) []s
 	var out []string
 	for _, name := range names {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		resp, err := w.kv.Get(ctx, grant.Prefix(name), clientv3.WithPrefix())
+		resp, err := w.kv.Get(ctx, keyspace.Prefix(name), clientv3.WithPrefix())
 		cancel()
 		if err != nil {
 			t.Fatalf("ghost scan: %v", err)
@@ -146,7 +146,7 @@ func waitNoKeys(kv *clientv3.Client, names []string, bound time.Duration) []stri
 		var left []string
 		for _, name := range names {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			resp, err := kv.Get(ctx, grant.Prefix(name), clientv3.WithPrefix())
+			resp, err := kv.Get(ctx, keyspace.Prefix(name), clientv3.WithPrefix())
 			cancel()
 			if err != nil {
 				left = append(left, err.Error())

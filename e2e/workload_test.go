@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coordproxy/coordproxy/grant"
+	"github.com/coordproxy/coordproxy/keyspace"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	epb "go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
@@ -321,7 +321,7 @@ func (wk *worker) giveUp(name string) {
 		return
 	}
 	wk.mu.Lock()
-	key := grant.OwnerKey(name, wk.lease)
+	key := keyspace.OwnerKey(name, wk.lease)
 	wk.mu.Unlock()
 	wk.unlock(key)
 }

@@ -4,7 +4,7 @@ import (
 	"context"
 	"time"
 
-	"github.com/coordproxy/coordproxy/grant"
+	"github.com/coordproxy/coordproxy/keyspace"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -14,7 +14,7 @@ func (w *workload) place(wk *worker, name string) (key string, ahead int) {
 	wk.mu.Lock()
 	lease := wk.lease
 	wk.mu.Unlock()
-	key = grant.OwnerKey(name, lease)
+	key = keyspace.OwnerKey(name, lease)
 	ctx, cancel := context.WithTimeout(w.ctx, time.Second)
 	defer cancel()
 	own, err := w.kv.Get(ctx, key)
@@ -23,7 +23,7 @@ func (w *workload) place(wk *worker, name string) (key string, ahead int) {
 	}
 	// Not WithCountOnly: etcd counts the whole range and applies
 	// MaxCreateRev only to the keys it returns.
-	r, err := w.kv.Get(ctx, grant.Prefix(name), clientv3.WithPrefix(), clientv3.WithKeysOnly(),
+	r, err := w.kv.Get(ctx, keyspace.Prefix(name), clientv3.WithPrefix(), clientv3.WithKeysOnly(),
 		clientv3.WithMaxCreateRev(own.Kvs[0].CreateRevision-1))
 	if err != nil {
 		return key, -1

@@ -5,6 +5,7 @@ import (
 
 	"github.com/coordproxy/coordproxy/etcdio"
 	"github.com/coordproxy/coordproxy/grant"
+	"github.com/coordproxy/coordproxy/keyspace"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	epb "go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
 )
@@ -19,11 +20,11 @@ func (s *Server) Campaign(ctx context.Context, req *epb.CampaignRequest) (*epb.C
 		return nil, errNameMissing
 	}
 	name, val := string(req.Name), string(req.Value)
-	lease, err := s.g.Lease(ctx, "Campaign", name, req.Lease)
+	lease, err := s.l0.Lease(ctx, "Campaign", name, req.Lease)
 	if err != nil {
 		return nil, err
 	}
-	c, err := s.enqueue(ctx, name, grant.OwnerKey(name, lease), val, lease)
+	c, err := s.enqueue(ctx, name, keyspace.OwnerKey(name, lease), val, lease)
 	if err != nil {
 		return nil, err
 	}
@@ -46,12 +47,12 @@ func (s *Server) Campaign(ctx context.Context, req *epb.CampaignRequest) (*epb.C
 // transaction finds older and is gone by then is found gone by the queue at
 // once: the same decision, one request fewer.
 func (s *Server) enqueue(ctx context.Context, name, key, val string, lease clientv3.LeaseID) (grant.Claim, error) {
-	getLeader := clientv3.OpGet(grant.Prefix(name), clientv3.WithFirstCreate()...)
+	getLeader := clientv3.OpGet(keyspace.Prefix(name), clientv3.WithFirstCreate()...)
 	resp, err := s.etcd.SendCreate(ctx, etcdio.Txn{
 		If:     []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0)},
 		Then:   []clientv3.Op{clientv3.OpPut(key, val, clientv3.WithLease(lease)), getLeader},
 		Else:   []clientv3.Op{clientv3.OpGet(key), getLeader},
-		Prefix: grant.Prefix(name),
+		Prefix: keyspace.Prefix(name),
 	})
 	if err != nil {
 		return grant.Claim{}, err

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coordproxy/coordproxy/grant"
+	"github.com/coordproxy/coordproxy/lease0"
 	"github.com/coordproxy/coordproxy/proxy"
 	"github.com/coordproxy/coordproxy/proxy/proxytest"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -295,8 +295,8 @@ func TestCampaign_lease0IsVisible(t *testing.T) {
 		t.Fatal(err)
 	}
 	ttl, err := env.KV.TimeToLive(ctx, clientv3.LeaseID(resp.Leader.Lease))
-	if err != nil || ttl.GrantedTTL != grant.Lease0TTL {
-		t.Fatalf("lease of a lease-0 campaign: %v, %v; want granted TTL %d as in etcd", ttl, err, grant.Lease0TTL)
+	if err != nil || ttl.GrantedTTL != lease0.TTL {
+		t.Fatalf("lease of a lease-0 campaign: %v, %v; want granted TTL %d as in etcd", ttl, err, lease0.TTL)
 	}
 	if n := env.Metric(t, "coordproxy_lease_zero_calls_total", map[string]string{"rpc": "Campaign"}); n != 1 {
 		t.Fatalf("lease-0 Campaign counted %v times, want 1", n)

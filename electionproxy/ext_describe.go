@@ -3,6 +3,7 @@ package electionproxy
 import (
 	"context"
 
+	"github.com/coordproxy/coordproxy/answer"
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 )
 
@@ -13,7 +14,7 @@ func (e *Elections) Describe(ctx context.Context, req *coordproxyv1.DescribeRequ
 	if len(req.Name) == 0 {
 		return nil, errNameMissing
 	}
-	hdr, held, candidates, waiting, err := e.g.Describe(ctx, string(req.Name), 1, req.Limit)
+	hdr, held, candidates, waiting, err := answer.Describe(ctx, e.etcd, string(req.Name), 1, req.Limit)
 	if err != nil {
 		return nil, err
 	}

@@ -1,7 +1,7 @@
 package electionproxy
 
 import (
-	"github.com/coordproxy/coordproxy/grant"
+	"github.com/coordproxy/coordproxy/answer"
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	"github.com/coordproxy/coordproxy/queue"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -25,7 +25,7 @@ func (e *Elections) Observe(req *coordproxyv1.ObserveRequest, stream coordproxyv
 				leader = resp.Kvs[0]
 			}
 			return stream.Send(&coordproxyv1.ObserveResponse{
-				Header:   grant.Header(resp.Header),
+				Header:   answer.Header(resp.Header),
 				Event:    coordproxyv1.ObserveResponse_EVENT_CURRENT,
 				Leader:   keyOf(leader),
 				Revision: resp.Header.Revision,
@@ -38,7 +38,7 @@ func (e *Elections) Observe(req *coordproxyv1.ObserveRequest, stream coordproxyv
 				return nil
 			}
 			return stream.Send(&coordproxyv1.ObserveResponse{
-				Header:   grant.Header(ch.Header),
+				Header:   answer.Header(ch.Header),
 				Event:    ev,
 				Leader:   keyOf(ch.Kv),
 				Revision: ch.Rev,
@@ -68,5 +68,5 @@ func keyOf(kv *mvccpb.KeyValue) *coordproxyv1.Key {
 	if kv == nil {
 		return nil
 	}
-	return grant.KeyInfo(kv)
+	return answer.KeyInfo(kv)
 }

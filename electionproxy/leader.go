@@ -3,7 +3,7 @@ package electionproxy
 import (
 	"context"
 
-	"github.com/coordproxy/coordproxy/grant"
+	"github.com/coordproxy/coordproxy/keyspace"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	epb "go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
 )
@@ -14,7 +14,7 @@ func (s *Server) Leader(ctx context.Context, req *epb.LeaderRequest) (*epb.Leade
 	if len(req.Name) == 0 {
 		return nil, errNameMissing
 	}
-	resp, err := s.etcd.For(ctx).Get(ctx, grant.Prefix(string(req.Name)), clientv3.WithFirstCreate()...)
+	resp, err := s.etcd.For(ctx).Get(ctx, keyspace.Prefix(string(req.Name)), clientv3.WithFirstCreate()...)
 	if err != nil {
 		return nil, err
 	}

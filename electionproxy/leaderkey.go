@@ -1,7 +1,7 @@
 package electionproxy
 
 import (
-	"github.com/coordproxy/coordproxy/grant"
+	"github.com/coordproxy/coordproxy/keyspace"
 	epb "go.etcd.io/etcd/server/v3/etcdserver/api/v3election/v3electionpb"
 )
 
@@ -17,7 +17,7 @@ func checkLeaderKey(lk *epb.LeaderKey) error {
 	case len(lk.Name) == 0:
 		return errLeaderNameMissing
 	}
-	name, lease, ok := grant.ParseOwnerKey(string(lk.Key))
+	name, lease, ok := keyspace.ParseOwnerKey(string(lk.Key))
 	switch {
 	case !ok || name != string(lk.Name):
 		return errLeaderKeyForeign

@@ -5,7 +5,7 @@ import (
 	"errors"
 
 	"github.com/coordproxy/coordproxy/etcdio"
-	"github.com/coordproxy/coordproxy/grant"
+	"github.com/coordproxy/coordproxy/keyspace"
 	"github.com/coordproxy/coordproxy/queue"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -60,7 +60,7 @@ func observeLeader(sctx context.Context, e elections, name []byte,
 	// The first answer is a linearizable read taken after the observer was
 	// registered: every change after it arrives on o, earlier ones are
 	// skipped by revision.
-	resp, err := e.etcd.For(ctx).Get(ctx, grant.Prefix(string(name)), clientv3.WithFirstCreate()...)
+	resp, err := e.etcd.For(ctx).Get(ctx, keyspace.Prefix(string(name)), clientv3.WithFirstCreate()...)
 	if err != nil {
 		return e.g.CallErr(ctx, err)
 	}

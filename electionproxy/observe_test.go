@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coordproxy/coordproxy/grant"
+	"github.com/coordproxy/coordproxy/keyspace"
 	"github.com/coordproxy/coordproxy/proxy"
 	"github.com/coordproxy/coordproxy/proxy/proxytest"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -26,8 +26,8 @@ func TestObserve_deliversEveryChangeInOrder(t *testing.T) {
 	env := proxytest.New(t, proxy.Config{})
 	ctx := proxytest.Ctx(t)
 	l1, l2 := env.Grant(t, 60), env.Grant(t, 60)
-	k1 := grant.OwnerKey("e", clientv3.LeaseID(l1))
-	k2 := grant.OwnerKey("e", clientv3.LeaseID(l2))
+	k1 := keyspace.OwnerKey("e", clientv3.LeaseID(l1))
+	k2 := keyspace.OwnerKey("e", clientv3.LeaseID(l2))
 	c1 := campaign(t, env, "e", l1, "a0")
 	s, err := env.Election.Observe(ctx, &epb.LeaderRequest{Name: []byte("e")})
 	if err != nil {
@@ -85,7 +85,7 @@ func TestObserve_deliversEveryChangeInOrder(t *testing.T) {
 	// One revision that both ends the leader and changes the candidate
 	// behind it: observers see the state after the revision.
 	l3 := env.Grant(t, 60)
-	k3 := grant.OwnerKey("e", clientv3.LeaseID(l3))
+	k3 := keyspace.OwnerKey("e", clientv3.LeaseID(l3))
 	if _, err := env.KV.Put(ctx, k3, "c0", clientv3.WithLease(clientv3.LeaseID(l3))); err != nil {
 		t.Fatal(err)
 	}

@@ -20,7 +20,7 @@ func (s *Server) Proclaim(ctx context.Context, req *epb.ProclaimRequest) (*epb.P
 		// etcd grants a fresh 60 s lease here and moves the leader key onto
 		// it, so leadership silently ends a minute later. Keep the key's own
 		// lease instead.
-		s.g.NoteLease0("Proclaim", string(lk.Name), "kept the leader key's own lease")
+		s.l0.Note("Proclaim", string(lk.Name), "kept the leader key's own lease")
 		leaseOpt = clientv3.WithIgnoreLease()
 	}
 	resp, err := s.etcd.For(ctx).Txn(ctx).

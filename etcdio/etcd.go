@@ -71,7 +71,7 @@ type Etcd struct {
 	stopCtx context.Context
 	stop    context.CancelFunc
 
-	leaseGranted func(ctx context.Context, lease clientv3.LeaseID) error
+	hooks LeaseHooks // lease.go
 }
 
 // The etcd client logs only errors: its warnings are about retries the
@@ -219,27 +219,4 @@ func (e *Etcd) Close() {
 		e.callers.Close()
 	}
 	e.own.Close()
-}
-
-// OnLeaseGranted sets what is done with every lease granted through the
-// proxy (a LeaseGrant, a session, a call with lease 0) before the caller
-// learns of it: the policy's owner record (proxy/leases.go). Set before
-// serving.
-func (e *Etcd) OnLeaseGranted(f func(ctx context.Context, lease clientv3.LeaseID) error) {
-	e.leaseGranted = f
-}
-
-// LeaseGranted runs the OnLeaseGranted hook for lease; if it fails the
-// lease is revoked (nobody will use it) and the hook's error returned.
-func (e *Etcd) LeaseGranted(ctx context.Context, lease clientv3.LeaseID) error {
-	if e.leaseGranted == nil {
-		return nil
-	}
-	err := e.leaseGranted(ctx, lease)
-	if err != nil {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.timeout)
-		e.For(ctx).Revoke(rctx, lease)
-		cancel()
-	}
-	return err
 }

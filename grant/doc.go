@@ -5,7 +5,7 @@
 // turn on the name's shared queue (package queue), confirms it with one
 // linearizable read (the post-wait check), removes the key of a caller who
 // left or failed (cleanup.go), and counts what it granted as held until the
-// key is deleted (hold.go). It also holds the key layout of concurrency's
-// Mutex and Election (keys.go), the lease-0 policy (lease0.go), releases
-// (release.go) and reads of a queue for Describe (describe.go).
+// key is deleted (hold.go, release.go). The key layout is package
+// keyspace's, the lease of a lease-0 call package lease0's, and the answers
+// in coordproxy.v1's types package answer's.
 package grant

@@ -4,10 +4,11 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"sync"
+
 	"time"
 
 	"github.com/coordproxy/coordproxy/etcdio"
+	"github.com/coordproxy/coordproxy/keyspace"
 	"github.com/coordproxy/coordproxy/queue"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 )
@@ -35,8 +36,7 @@ type Options struct {
 // Granter is what every primitive shares between the transaction that puts
 // its key in a name's queue and its answer: the wait for the key's turn and
 // the check after it (Take), the holders it has granted (hold.go), the
-// removal of keys nobody will hold (cleanup.go), the lease-0 policy
-// (lease0.go), releases (release.go) and reads of a queue (describe.go).
+// removal of keys nobody will hold (cleanup.go) and releases (release.go).
 type Granter struct {
 	etcd          *etcdio.Etcd
 	queues        *queue.Registry
@@ -45,9 +45,6 @@ type Granter struct {
 	metrics       *Metrics
 	cleaner       *cleaner
 	holds         *holds
-
-	mu         sync.Mutex
-	lease0Seen map[string]struct{}
 }
 
 // New returns a Granter over etcd.
@@ -69,15 +66,11 @@ func New(etcd *etcdio.Etcd, opts Options) *Granter {
 		metrics:       opts.Metrics,
 		cleaner:       newCleaner(etcd, opts.Logger, opts.Metrics),
 		holds:         newHolds(etcd, opts.Metrics.Holders, opts.HoldCheck),
-		lease0Seen:    map[string]struct{}{},
 	}
 	opts.Metrics.OldestHold.measure(g.holds.ages)
+	etcd.OnLeaseRevoked(g.leaseRevoked)
 	return g
 }
-
-// Etcd is the etcd the Granter reaches: the services send their own
-// transactions through it.
-func (g *Granter) Etcd() *etcdio.Etcd { return g.etcd }
 
 // Close stops every wait (etcdio.Etcd.Stop), lets pending cleanups run until
 // ctx is done, and stops the queues' watches.
@@ -103,12 +96,12 @@ func (g *Granter) CallErr(ctx context.Context, err error) error {
 // watch (waiters or observers of the name are here, or were a moment ago):
 // a transaction that puts a key there need not read who holds, the queue
 // will tell (see lockproxy's enqueue).
-func (g *Granter) Following(name string) bool { return g.queues.Following(Prefix(name)) }
+func (g *Granter) Following(name string) bool { return g.queues.Following(keyspace.Prefix(name)) }
 
 // Observe registers an observer of name's queue (its first key, in revision
 // order); stop unregisters it. The error is CallErr's.
 func (g *Granter) Observe(ctx context.Context, name string) (o *queue.Observer, stop func(), err error) {
-	q := g.queues.Join(Prefix(name))
+	q := g.queues.Join(keyspace.Prefix(name))
 	o, err = q.Observe(ctx, g.observeBuffer)
 	if err != nil {
 		g.queues.Leave(q)

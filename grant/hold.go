@@ -23,7 +23,7 @@ const holdCheckBatch = 64
 // nobody waits for must cost etcd nothing (an uncontended Lock+Unlock costs
 // the two requests it costs natively, and no watch message). It learns of a
 // release at once when it goes through this proxy (Unlock, Release,
-// Resign: Released; LeaseRevoke: LeaseRevoked) and of anything else (a
+// Resign: Released; a lease revoked: etcdio's LeaseHooks) and of anything else (a
 // release through another proxy or straight at etcd, a lease that expired)
 // at the next check, which reads the held keys every check interval, 64 to
 // a request, and only while there are any.
@@ -180,6 +180,6 @@ func (h *holds) check() {
 // revision), was deleted through this proxy (Unlock, Release, Resign).
 func (g *Granter) Released(key string, rev int64) { g.holds.gone(key, rev) }
 
-// LeaseRevoked tells the Granter that lease was revoked through this proxy:
+// leaseRevoked tells the Granter that lease was revoked through this proxy:
 // its keys are gone.
-func (g *Granter) LeaseRevoked(lease int64) { g.holds.leaseGone(lease) }
+func (g *Granter) leaseRevoked(lease int64) { g.holds.leaseGone(lease) }

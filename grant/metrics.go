@@ -16,7 +16,6 @@ const (
 
 // Metrics are the counters and gauges every primitive keeps through grant.
 type Metrics struct {
-	Lease0   *prometheus.CounterVec
 	Cleanups *prometheus.CounterVec
 	Waiting  *prometheus.GaugeVec
 	Holders  *prometheus.GaugeVec
@@ -60,11 +59,6 @@ func (o *oldestHold) measure(ages func() map[string]float64) {
 // NewMetrics creates the metrics and registers them with reg, if not nil.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		Lease0: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: "coordproxy",
-			Name:      "lease_zero_calls_total",
-			Help:      "Calls that named lease 0 and so run under a fresh 60 s lease that nobody refreshes (etcd's behaviour).",
-		}, []string{"rpc"}),
 		Cleanups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "coordproxy",
 			Name:      "waiter_cleanups_total",
@@ -94,7 +88,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		m.Cleanups.WithLabelValues(result)
 	}
 	if reg != nil {
-		reg.MustRegister(m.Lease0, m.Cleanups, m.Waiting, m.Holders, m.OldestHold)
+		reg.MustRegister(m.Cleanups, m.Waiting, m.Holders, m.OldestHold)
 	}
 	return m
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 
 	"github.com/coordproxy/coordproxy/etcdio"
+	"github.com/coordproxy/coordproxy/keyspace"
 	"github.com/coordproxy/coordproxy/queue"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -16,7 +17,7 @@ import (
 // judged. Every primitive makes one and hands it to Take.
 type Claim struct {
 	Service string // labels the waiters and holders gauges
-	Name    string // whose queue, Prefix(Name), holds Key
+	Name    string // whose queue, keyspace.Prefix(Name), holds Key
 	Key     string
 	Rev     int64              // Key's create revision: the fencing token
 	Lease   clientv3.LeaseID   // Key's lease
@@ -30,7 +31,7 @@ type Claim struct {
 	// the queue's WaitTurn (no older key under the prefix). It selects on
 	// stop itself and returns queue.ErrKeyGone once Key is gone.
 	Wait func(ctx context.Context, stop <-chan struct{}, q *queue.Queue) error
-	// Blockers, if set, is the prefix (under Prefix(Name)) of the keys the post-wait check
+	// Blockers, if set, is the prefix (under keyspace.Prefix(Name)) of the keys the post-wait check
 	// counts: the turn has come if fewer than Allowed of them were created
 	// before Key. Without Blockers the check only confirms that Key is
 	// still there: WaitTurn's answer cannot be taken back.
@@ -78,7 +79,7 @@ func (g *Granter) await(ctx context.Context, c *Claim) (*pb.ResponseHeader, erro
 	for {
 		waiting := g.metrics.Waiting.WithLabelValues(c.Service)
 		waiting.Inc()
-		q := g.queues.Join(Prefix(c.Name))
+		q := g.queues.Join(keyspace.Prefix(c.Name))
 		// The wait is a child span of a traced call (coordproxy.queue.wait).
 		_, span := etcdio.StartSpan(ctx, "coordproxy.queue.wait")
 		var err error
@@ -118,7 +119,7 @@ func (g *Granter) confirm(ctx context.Context, c *Claim) (hdr *pb.ResponseHeader
 	if c.Blockers != "" {
 		t.Then = append(t.Then, clientv3.OpGet(c.Blockers, clientv3.WithPrefix(), clientv3.WithKeysOnly(),
 			clientv3.WithMaxCreateRev(c.Rev-1), clientv3.WithLimit(c.Allowed)))
-		t.Prefix = Prefix(c.Name)
+		t.Prefix = keyspace.Prefix(c.Name)
 	}
 	var own []*mvccpb.KeyValue
 	came = true

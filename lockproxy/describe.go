@@ -3,6 +3,7 @@ package lockproxy
 import (
 	"context"
 
+	"github.com/coordproxy/coordproxy/answer"
 	"github.com/coordproxy/coordproxy/grant"
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 )
@@ -13,7 +14,7 @@ func (l *Locks) Describe(ctx context.Context, req *coordproxyv1.DescribeRequest)
 	if len(req.Name) == 0 {
 		return nil, grant.ErrNameMissing
 	}
-	hdr, held, waiters, waiting, err := l.g.Describe(ctx, string(req.Name), 1, req.Limit)
+	hdr, held, waiters, waiting, err := answer.Describe(ctx, l.etcd, string(req.Name), 1, req.Limit)
 	if err != nil {
 		return nil, err
 	}

@@ -8,7 +8,7 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/coordproxy/coordproxy/grant"
+	"github.com/coordproxy/coordproxy/keyspace"
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	"github.com/coordproxy/coordproxy/proxy"
 	"github.com/coordproxy/coordproxy/proxy/proxytest"
@@ -49,7 +49,7 @@ func TestTryLock_grantsAFreeLockAndRefusesAHeldOneWithoutWriting(t *testing.T) {
 	if len(keys) != 1 || string(keys[0].Key) != string(got.Key) || keys[0].CreateRevision != got.FencingToken || got.Lease != a {
 		t.Fatalf("granted %v; keys %v", got, keys)
 	}
-	if want := grant.OwnerKey("try", clientv3.LeaseID(a)); string(got.Key) != want {
+	if want := keyspace.OwnerKey("try", clientv3.LeaseID(a)); string(got.Key) != want {
 		t.Fatalf("key %q, want concurrency's %q", got.Key, want)
 	}
 

@@ -3,8 +3,10 @@ package lockproxy
 import (
 	"context"
 
+	"github.com/coordproxy/coordproxy/answer"
 	"github.com/coordproxy/coordproxy/etcdio"
 	"github.com/coordproxy/coordproxy/grant"
+	"github.com/coordproxy/coordproxy/keyspace"
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
@@ -17,7 +19,7 @@ func (s *Server) Lock(ctx context.Context, req *v3lockpb.LockRequest) (*v3lockpb
 		return nil, grant.ErrNameMissing
 	}
 	name := string(req.Name)
-	lease, err := s.g.Lease(ctx, "Lock", name, req.Lease)
+	lease, err := s.l0.Lease(ctx, "Lock", name, req.Lease)
 	if err != nil {
 		return nil, err
 	}
@@ -41,13 +43,13 @@ func (l *Locks) Lock(ctx context.Context, req *coordproxyv1.LockRequest) (*coord
 	if err != nil {
 		return nil, err
 	}
-	return g.Held(lease), nil
+	return answer.Held(g, lease), nil
 }
 
 // lock takes name for lease: concurrency.Mutex's transaction, then, if an
 // earlier key holds it, the shared wait and the post-wait ownership check.
 func (l *locks) lock(ctx context.Context, name string, lease clientv3.LeaseID) (grant.Grant, error) {
-	c, err := l.enqueue(ctx, name, grant.OwnerKey(name, lease), lease)
+	c, err := l.enqueue(ctx, name, keyspace.OwnerKey(name, lease), lease)
 	if err != nil {
 		return grant.Grant{}, err
 	}
@@ -72,14 +74,14 @@ func (l *locks) enqueue(ctx context.Context, name, key string, lease clientv3.Le
 	put, get := []clientv3.Op{clientv3.OpPut(key, "", clientv3.WithLease(lease))}, []clientv3.Op{clientv3.OpGet(key)}
 	readHolder := !l.g.Following(name)
 	if readHolder {
-		getOwner := clientv3.OpGet(grant.Prefix(name), clientv3.WithFirstCreate()...)
+		getOwner := clientv3.OpGet(keyspace.Prefix(name), clientv3.WithFirstCreate()...)
 		put, get = append(put, getOwner), append(get, getOwner)
 	}
 	resp, err := l.etcd.SendCreate(ctx, etcdio.Txn{
 		If:     []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0)},
 		Then:   put,
 		Else:   get,
-		Prefix: grant.Prefix(name),
+		Prefix: keyspace.Prefix(name),
 	})
 	if err != nil {
 		return grant.Claim{}, err

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coordproxy/coordproxy/grant"
+	"github.com/coordproxy/coordproxy/keyspace"
 	"github.com/coordproxy/coordproxy/proxy"
 	"github.com/coordproxy/coordproxy/proxy/proxytest"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -72,7 +72,7 @@ func TestLock_excludesConcurrencyMutexBothWays(t *testing.T) {
 		if err := c.Wait(t); err != nil {
 			t.Fatal(err)
 		}
-		if want := grant.OwnerKey("interop2", clientv3.LeaseID(lease)); string(got.Key) != want {
+		if want := keyspace.OwnerKey("interop2", clientv3.LeaseID(lease)); string(got.Key) != want {
 			t.Fatalf("key %q, want %q", got.Key, want)
 		}
 	})

@@ -3,8 +3,10 @@ package lockproxy
 import (
 	"context"
 
+	"github.com/coordproxy/coordproxy/answer"
 	"github.com/coordproxy/coordproxy/etcdio"
 	"github.com/coordproxy/coordproxy/grant"
+	"github.com/coordproxy/coordproxy/keyspace"
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -23,8 +25,8 @@ func (l *Locks) TryLock(ctx context.Context, req *coordproxyv1.LockRequest) (*co
 	if err != nil {
 		return nil, err
 	}
-	key := grant.OwnerKey(name, lease)
-	pfx := grant.Prefix(name)
+	key := keyspace.OwnerKey(name, lease)
+	pfx := keyspace.Prefix(name)
 	getOwner := clientv3.OpGet(pfx, clientv3.WithFirstCreate()...)
 	resp, err := l.etcd.SendCreate(ctx, etcdio.Txn{
 		If:     []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(pfx), "=", 0).WithPrefix()},
@@ -41,8 +43,8 @@ func (l *Locks) TryLock(ctx context.Context, req *coordproxyv1.LockRequest) (*co
 		return nil, grant.ErrSessionExpired
 	}
 	if string(owner[0].Key) != key {
-		holder := grant.KeyInfo(owner[0])
-		if err := l.g.LeaseTTLs(ctx, []*coordproxyv1.Key{holder}); err != nil {
+		holder := answer.KeyInfo(owner[0])
+		if err := answer.LeaseTTLs(ctx, l.etcd, []*coordproxyv1.Key{holder}); err != nil {
 			return nil, err
 		}
 		st, err := errLockHeld.WithDetails(&coordproxyv1.Contended{Holder: holder})
@@ -56,5 +58,5 @@ func (l *Locks) TryLock(ctx context.Context, req *coordproxyv1.LockRequest) (*co
 	if err != nil {
 		return nil, err
 	}
-	return g.Held(lease), nil
+	return answer.Held(g, lease), nil
 }

@@ -3,7 +3,8 @@ package lockproxy
 import (
 	"context"
 
-	"github.com/coordproxy/coordproxy/grant"
+	"github.com/coordproxy/coordproxy/answer"
+	"github.com/coordproxy/coordproxy/keyspace"
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -29,14 +30,14 @@ func (l *Locks) Unlock(ctx context.Context, req *coordproxyv1.UnlockRequest) (*c
 	if err != nil {
 		return nil, err
 	}
-	return &coordproxyv1.UnlockResponse{Header: grant.Header(hdr)}, nil
+	return &coordproxyv1.UnlockResponse{Header: answer.Header(hdr)}, nil
 }
 
 func (l *locks) unlock(ctx context.Context, key string, token int64) (*pb.ResponseHeader, error) {
 	if key == "" {
 		return nil, rpctypes.ErrEmptyKey // etcd's answer to an empty key
 	}
-	_, lease, ok := grant.ParseOwnerKey(key)
+	_, lease, ok := keyspace.ParseOwnerKey(key)
 	if !ok {
 		return nil, errNotOwnerKey
 	}

@@ -14,23 +14,16 @@ import (
 // client's.
 type Auth struct {
 	pb.UnsafeAuthServer
-	etcd   *etcdio.Etcd
-	issued func(token, user string)
+	etcd *etcdio.Etcd
 }
 
-// NewAuth returns the Auth pass-through; issued, if not nil, learns the user
-// of every token etcd issues through it (the caller's identity, for the
-// policy).
-func NewAuth(etcd *etcdio.Etcd, issued func(token, user string)) *Auth {
-	return &Auth{etcd: etcd, issued: issued}
+// NewAuth returns the Auth pass-through.
+func NewAuth(etcd *etcdio.Etcd) *Auth {
+	return &Auth{etcd: etcd}
 }
 
 func (a *Auth) Authenticate(ctx context.Context, r *pb.AuthenticateRequest) (*pb.AuthenticateResponse, error) {
-	resp, err := pb.NewAuthClient(a.etcd.Conn(ctx)).Authenticate(ctx, r)
-	if err == nil && a.issued != nil {
-		a.issued(resp.Token, r.Name)
-	}
-	return resp, err
+	return pb.NewAuthClient(a.etcd.Conn(ctx)).Authenticate(ctx, r)
 }
 
 func (a *Auth) AuthEnable(context.Context, *pb.AuthEnableRequest) (*pb.AuthEnableResponse, error) {

@@ -6,7 +6,6 @@ import (
 
 	"github.com/coordproxy/coordproxy/etcdio"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Lease passes etcd's Lease service through unchanged, so that a
@@ -14,35 +13,22 @@ import (
 // locks and campaigns with. Requests, responses and errors are etcd's own.
 type Lease struct {
 	pb.UnsafeLeaseServer
-	ns      string
-	etcd    *etcdio.Etcd
-	revoked func(lease int64)
+	ns   string
+	etcd *etcdio.Etcd
 }
 
-// NewLease returns the Lease pass-through; ns is the proxy's namespace, and
-// revoked, if not nil, is told of every lease revoked through it (the keys
-// on it are gone: see grant.Granter.LeaseRevoked).
-func NewLease(etcd *etcdio.Etcd, ns string, revoked func(lease int64)) *Lease {
-	return &Lease{ns: ns, etcd: etcd, revoked: revoked}
+// NewLease returns the Lease pass-through; ns is the proxy's namespace.
+// Grants and revokes go through etcdio's, which run its LeaseHooks.
+func NewLease(etcd *etcdio.Etcd, ns string) *Lease {
+	return &Lease{ns: ns, etcd: etcd}
 }
 
 func (l *Lease) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
-	resp, err := l.lc(ctx).LeaseGrant(ctx, r)
-	if err == nil && resp.Error == "" {
-		err = l.etcd.LeaseGranted(ctx, clientv3.LeaseID(resp.ID))
-	}
-	if err != nil {
-		return nil, err
-	}
-	return resp, nil
+	return l.etcd.GrantRequest(ctx, r)
 }
 
 func (l *Lease) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
-	resp, err := l.lc(ctx).LeaseRevoke(ctx, r)
-	if err == nil && l.revoked != nil {
-		l.revoked(r.ID)
-	}
-	return resp, err
+	return l.etcd.RevokeRequest(ctx, r)
 }
 
 // LeaseTimeToLive lists, under a namespace, only the lease's keys inside it,
@@ -75,7 +61,7 @@ func (l *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 	if err != nil {
 		return etcdio.StopErr(ctx, err)
 	}
-	err = relay(ctx, cancel, stream, up, func(*pb.LeaseKeepAliveRequest) (*pb.LeaseKeepAliveResponse, bool, error) { return nil, false, nil }, func(*pb.LeaseKeepAliveResponse) {})
+	err = relay(ctx, cancel, stream, up, func(*pb.LeaseKeepAliveRequest) error { return nil }, func(*pb.LeaseKeepAliveResponse) {})
 	return etcdio.StopErr(ctx, err)
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"sync"
 )
 
 // downStream is the client's side of a bidirectional stream the proxy
@@ -25,17 +24,10 @@ type upStream[Req, Resp any] interface {
 // prefixes). It ends when either side ends: when the client is done sending,
 // etcd is told so and its end of the stream ends the call; when the client
 // goes away or in refuses a request, cancel ends the etcd stream. Errors from
-// etcd are returned as they are, for the caller to map. A request that in
-// answers itself (replied: a refused watch) goes back to the client as that
-// reply instead of to etcd. An error receiving from the client (the
-// client went away, or the policy refused its request) ends the call.
-func relay[Req, Resp any](ctx context.Context, cancel context.CancelFunc, down downStream[Req, Resp], up upStream[Req, Resp], in func(Req) (reply Resp, replied bool, err error), out func(Resp)) error {
-	var sending sync.Mutex // down.Send from both directions
-	sendDown := func(r Resp) error {
-		sending.Lock()
-		defer sending.Unlock()
-		return down.Send(r)
-	}
+// etcd are returned as they are, for the caller to map. An error receiving
+// from the client (the client went away, or the edge refused its request:
+// package authz) ends the call with that error.
+func relay[Req, Resp any](ctx context.Context, cancel context.CancelFunc, down downStream[Req, Resp], up upStream[Req, Resp], in func(Req) error, out func(Resp)) error {
 	inErr := make(chan error, 1)
 	go func() {
 		for {
@@ -44,18 +36,12 @@ func relay[Req, Resp any](ctx context.Context, cancel context.CancelFunc, down d
 				up.CloseSend()
 				return
 			}
-			var replied bool
-			if err != nil {
-				inErr <- err // the client's side failed or refused (the policy)
-			} else {
-				var reply Resp
-				if reply, replied, err = in(req); err != nil {
-					inErr <- err
-				} else if replied {
-					err = sendDown(reply)
-				}
+			if err == nil {
+				err = in(req)
 			}
-			if err == nil && !replied {
+			if err != nil {
+				inErr <- err // the client's side failed or was refused
+			} else {
 				err = up.Send(req)
 			}
 			if err != nil {
@@ -77,7 +63,7 @@ func relay[Req, Resp any](ctx context.Context, cancel context.CancelFunc, down d
 			return err
 		}
 		out(resp)
-		if err := sendDown(resp); err != nil {
+		if err := down.Send(resp); err != nil {
 			return err
 		}
 	}

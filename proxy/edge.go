@@ -16,24 +16,26 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// edgeUnary and edgeStream are the one edge every call passes: once the
-// drain delay is over they answer new calls Unavailable, as a stopping etcd
-// member does, so that clients connected before the listener closed learn at
-// once to go elsewhere (health checks still answer, NOT_SERVING); they hand
-// the caller's hasleader and token metadata on to etcd (forwardContext); and
-// they give errors etcd's codes and texts (wireErr).
+// edgeUnary and edgeStream are the one edge every call passes, in this
+// order: once the drain delay is over they answer new calls Unavailable, as
+// a stopping etcd member does, so that clients connected before the
+// listener closed learn at once to go elsewhere (health checks still
+// answer, NOT_SERVING); they ask package authz whether the caller may make
+// the call (a stream: each message it receives, as authz decides); they
+// refuse a write over MaxRequestBytes; they hand the caller's hasleader and
+// token metadata on to etcd (forwardContext); they give errors etcd's codes
+// and texts (wireErr); and they log the call (accessLog).
 func (s *Server) edgeUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	if s.refused(info.FullMethod) {
 		return nil, rpctypes.ErrGRPCStopped
 	}
-	if err := s.authorize(ctx, info.FullMethod, req); err != nil {
-		return nil, err
-	}
-	if s.tooLarge(req) {
-		return nil, rpctypes.ErrGRPCRequestTooLarge
-	}
 	start := time.Now()
-	resp, err := handler(forwardContext(ctx), req)
+	resp, err := s.authz.Unary(ctx, info.FullMethod, req, func(ctx context.Context, req any) (any, error) {
+		if s.tooLarge(req) {
+			return nil, rpctypes.ErrGRPCRequestTooLarge
+		}
+		return handler(forwardContext(ctx), req)
+	})
 	err = wireErr(info.FullMethod, err)
 	s.accessLog(ctx, info.FullMethod, start, err)
 	return resp, err
@@ -49,7 +51,7 @@ func (s *Server) accessLog(ctx context.Context, method string, start time.Time, 
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		addr = p.Addr.String()
 	}
-	s.log.Debug("call", "method", method, "identity", s.ids.of(ctx), "address", addr,
+	s.log.Debug("call", "method", method, "identity", s.authz.Identity(ctx), "address", addr,
 		"code", status.Code(err).String(), "duration", time.Since(start).Round(time.Microsecond))
 }
 
@@ -62,34 +64,11 @@ func (s *Server) edgeStream(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 		w.WrappedContext = ctx
 		ss = w
 	}
-	if s.policy != nil && info.FullMethod != "/etcdserverpb.Watch/Watch" { // watches: per watch (allowWatch)
-		ss = &authorizedStream{ServerStream: ss, s: s, method: info.FullMethod}
-	}
+	ss = s.authz.Stream(ss, info.FullMethod)
 	start := time.Now()
 	err := wireErr(info.FullMethod, handler(srv, ss))
 	s.accessLog(ss.Context(), info.FullMethod, start, err)
 	return err
-}
-
-// authorizedStream decides a stream by its first request (Observe's name,
-// a lease keep-alive or session: the lease verb).
-type authorizedStream struct {
-	grpc.ServerStream
-	s       *Server
-	method  string
-	decided bool
-}
-
-func (a *authorizedStream) RecvMsg(m any) error {
-	if err := a.ServerStream.RecvMsg(m); err != nil {
-		return err
-	}
-	// A lease keep-alive stream names a lease in every request.
-	if !a.decided || a.method == "/etcdserverpb.Lease/LeaseKeepAlive" {
-		a.decided = true
-		return a.s.authorize(a.Context(), a.method, m)
-	}
-	return nil
 }
 
 // tooLarge: req is a write larger than MaxRequestBytes, which etcd refuses
@@ -106,7 +85,7 @@ func (s *Server) tooLarge(req any) bool {
 
 func (s *Server) refused(method string) bool {
 	select {
-	case <-s.refusing:
+	case <-s.drain.refusing:
 		return !strings.HasPrefix(method, "/"+healthpb.Health_ServiceDesc.ServiceName+"/")
 	default:
 		return false

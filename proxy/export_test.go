@@ -4,6 +4,6 @@ package proxy
 // once new calls are refused: tests order their steps by it rather than by
 // sleeping for the delay.
 func EndDrainDelay(s *Server) {
-	close(s.endDrain)
-	<-s.refusing
+	close(s.drain.end)
+	<-s.drain.refusing
 }

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coordproxy/coordproxy/grant"
+	"github.com/coordproxy/coordproxy/keyspace"
 	"github.com/coordproxy/coordproxy/proxy/proxytest"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -124,7 +124,7 @@ func (r *run) text(s string) string {
 	s = strings.ReplaceAll(s, r.prefix, "<ns>-")
 	// an ownership key ends in the lease in hex
 	if i := strings.LastIndexByte(s, '/'); i >= 0 {
-		if _, lease, ok := grant.ParseOwnerKey(s); ok {
+		if _, lease, ok := keyspace.ParseOwnerKey(s); ok {
 			s = s[:i+1] + r.leaseLabel(int64(lease))
 		}
 	}
@@ -223,7 +223,7 @@ func (r *run) waitKeys(name string, n int) {
 	r.t.Helper()
 	deadline := time.Now().Add(waitBound)
 	for {
-		resp, err := r.kv.Get(r.ctx, grant.Prefix(name), clientv3.WithPrefix(), clientv3.WithCountOnly())
+		resp, err := r.kv.Get(r.ctx, keyspace.Prefix(name), clientv3.WithPrefix(), clientv3.WithCountOnly())
 		if err != nil {
 			r.t.Fatal(err)
 		}

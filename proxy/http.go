@@ -134,7 +134,7 @@ var errDraining = errors.New("coordproxy is shutting down")
 // (which needs a leader) within ReadyTimeout, as etcd's own /health checks.
 // A read refused for lack of permission still proves etcd is serving.
 func (s *Server) ready(ctx context.Context) error {
-	if s.draining.Load() {
+	if s.drain.draining.Load() {
 		return errDraining
 	}
 	ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), ReadyTimeout)
@@ -165,7 +165,7 @@ const readyFresh = 5 * time.Second
 func (s *Server) readyGauge() float64 {
 	ok := false
 	if r := s.lastReady.Load(); r != nil && time.Since(r.at) < readyFresh {
-		ok = r.ok && !s.draining.Load() // ready answers draining without asking etcd
+		ok = r.ok && !s.drain.draining.Load() // ready answers draining without asking etcd
 	} else {
 		ok = s.ready(context.Background()) == nil
 	}

@@ -13,13 +13,14 @@ import (
 	"os"
 	"runtime"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/coordproxy/coordproxy/authz"
 	"github.com/coordproxy/coordproxy/electionproxy"
 	"github.com/coordproxy/coordproxy/etcdio"
 	"github.com/coordproxy/coordproxy/grant"
+	"github.com/coordproxy/coordproxy/lease0"
 	"github.com/coordproxy/coordproxy/lockproxy"
 	"github.com/coordproxy/coordproxy/passthrough"
 	"github.com/coordproxy/coordproxy/policy"
@@ -54,40 +55,39 @@ const (
 	inprocBufferBytes    = 1 << 20
 )
 
-// Server is one coordproxy: a gRPC listener in front of an etcd cluster.
+// Server is one coordproxy: a gRPC listener in front of an etcd cluster. It
+// holds what it starts and stops, in the order Start starts it: the
+// listener, the policy's reload, etcd (embedded in dev mode), the services
+// over it, the gRPC and HTTP servers; what each does lives in its package.
 type Server struct {
 	cfg Config
 	log *slog.Logger
 
-	serverTLS *tls.Config
-	lis       net.Listener
-	etcd      *EmbeddedEtcd // dev mode only
-	endpoints []string      // the etcd the proxy talks to
-	access    *etcdio.Etcd
-	granter   *grant.Granter
-	grpc      *grpc.Server
-	health    *health.Server
-	http      *http.Server
-	mux       cmux.CMux
-	inproc    *bufconn.Listener // the gateway's way into the gRPC server
-	gwConn    *grpc.ClientConn
-	draining  atomic.Bool
-	endDrain  chan struct{} // closed to end the drain delay early (tests)
-	refusing  chan struct{} // closed when the drain delay is over
-	refuse    sync.Once
-	serveErr  chan error
+	serverTLS  *tls.Config
+	lis        net.Listener
+	stopPolicy context.CancelFunc // ends the policy file's reload
+	etcd       *EmbeddedEtcd      // dev mode only
+	endpoints  []string           // the etcd the proxy talks to
+	access     *etcdio.Etcd
+	granter    *grant.Granter
+	authz      *authz.Authorizer
+	grpc       *grpc.Server
+	health     *health.Server
+	http       *http.Server
+	mux        cmux.CMux
+	inproc     *bufconn.Listener // the gateway's way into the gRPC server
+	gwConn     *grpc.ClientConn
+	serveErr   chan error
+	unstarted  prometheus.Counter        // connections closed before their protocol started
+	lastReady  atomic.Pointer[readiness] // http.go
+	drain      drain                     // shutdown.go
+	member     member                    // this replica in MemberList
+}
 
-	unstarted prometheus.Counter // connections closed before their protocol started
-
-	policy     *policy.Store // nil: no policy, everything allowed
-	stopPolicy context.CancelFunc
-	ids        identities
-	denied     *prometheus.CounterVec
-	lastReady  atomic.Pointer[readiness]
-	owners     leaseOwners
-
-	self       passthrough.Member // this replica, as MemberList lists it
-	unregister context.CancelFunc // ends the replica's registration
+// member is this replica as MemberList lists it, and its registration.
+type member struct {
+	self       passthrough.Member
+	unregister context.CancelFunc // ends the registration
 	registered <-chan struct{}    // closed when it has ended
 }
 
@@ -106,7 +106,7 @@ var servedServices = []string{
 // Start or Run starts it.
 func New(cfg Config) *Server {
 	cfg = cfg.withDefaults()
-	return &Server{cfg: cfg, log: cfg.Logger, serveErr: make(chan error, 1), endDrain: make(chan struct{}), refusing: make(chan struct{})}
+	return &Server{cfg: cfg, log: cfg.Logger, serveErr: make(chan error, 1), drain: newDrain()}
 }
 
 // Run starts the server, serves until ctx is done, then stops gracefully
@@ -143,17 +143,19 @@ func (s *Server) Start(ctx context.Context) (err error) {
 			s.lis.Close()
 		}
 	}()
+	var rules *policy.Store // nil: no policy, everything allowed
 	if s.cfg.PolicyFile != "" {
-		if s.policy, err = policy.Load(s.cfg.PolicyFile, s.log); err != nil {
+		if rules, err = policy.Load(s.cfg.PolicyFile, s.log); err != nil {
 			return err
 		}
 		var pctx context.Context
 		pctx, s.stopPolicy = context.WithCancel(context.Background())
-		go s.policy.Watch(pctx)
+		go rules.Watch(pctx)
 	}
 	if err := s.connectEtcd(ctx); err != nil {
 		return err
 	}
+	s.authz = authz.New(rules, s.access, s.cfg.Registry, s.log)
 	if err := s.newGRPC(); err != nil {
 		return err
 	}
@@ -209,7 +211,6 @@ func (s *Server) connectEtcd(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	s.access.OnLeaseGranted(s.recordLease) // owner records, under a policy (leases.go)
 	s.granter = grant.New(s.access, grant.Options{
 		ObserveBuffer: s.cfg.ObserveBuffer,
 		QueueLinger:   s.cfg.QueueLinger,
@@ -226,14 +227,7 @@ func (s *Server) newGRPC() error {
 		Namespace: "coordproxy", Name: "connections_unstarted_closed_total",
 		Help: "Connections closed because they had not shown their protocol (first bytes, HTTP/2 preface, TLS handshake) within --handshake-timeout, or showed none the port serves.",
 	})
-	s.denied = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "coordproxy", Name: "denied_total",
-		Help: "Calls (and watches) the policy refused, by verb (lock, elect, read, write, lease, admin; unknown for a call no rule can allow).",
-	}, []string{"verb"})
-	for _, v := range []string{"lock", "elect", "read", "write", "lease", "admin", "unknown"} {
-		s.denied.WithLabelValues(v)
-	}
-	s.cfg.Registry.MustRegister(s.unstarted, s.denied)
+	s.cfg.Registry.MustRegister(s.unstarted)
 	overrun := newOverrunCheck(s.log, s.cfg.RequestTimeout, s.cfg.Registry)
 	rpcStats := newRPCStats(s.cfg.Registry, overrun)
 	opts := []grpc.ServerOption{
@@ -257,7 +251,7 @@ func (s *Server) newGRPC() error {
 		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 	}
 	if s.serverTLS != nil {
-		// gRPC sees the client certificate of the port's TLS (identity.go).
+		// gRPC sees the client certificate of the port's TLS (tls.go).
 		opts = append(opts, grpc.Creds(newPeerTLS()))
 	}
 	if tp := s.cfg.TracerProvider; tp != nil {
@@ -265,20 +259,21 @@ func (s *Server) newGRPC() error {
 	}
 	s.grpc = grpc.NewServer(opts...)
 	g, e, ns := s.granter, s.access, s.cfg.Namespace
-	v3lockpb.RegisterLockServer(s.grpc, lockproxy.New(g))
-	v3electionpb.RegisterElectionServer(s.grpc, electionproxy.New(g))
+	l0 := lease0.New(e, s.cfg.Registry, s.log)
+	v3lockpb.RegisterLockServer(s.grpc, lockproxy.New(g, e, l0))
+	v3electionpb.RegisterElectionServer(s.grpc, electionproxy.New(g, e, l0))
 	pb.RegisterKVServer(s.grpc, passthrough.NewKV(e, ns))
-	pb.RegisterWatchServer(s.grpc, passthrough.NewWatch(e, ns, s.allowWatch))
-	pb.RegisterLeaseServer(s.grpc, passthrough.NewLease(e, ns, g.LeaseRevoked))
+	pb.RegisterWatchServer(s.grpc, passthrough.NewWatch(e, ns))
+	pb.RegisterLeaseServer(s.grpc, passthrough.NewLease(e, ns))
 	pb.RegisterMaintenanceServer(s.grpc, passthrough.NewMaintenance(e))
-	pb.RegisterAuthServer(s.grpc, passthrough.NewAuth(e, s.ids.issued))
-	s.self = s.advertised()
-	pb.RegisterClusterServer(s.grpc, passthrough.NewCluster(e, s.self, s.cfg.RegisterMembers))
-	coordproxyv1.RegisterLockServiceServer(s.grpc, lockproxy.NewLocks(g))
-	coordproxyv1.RegisterSemaphoreServiceServer(s.grpc, semaphore.New(g))
-	coordproxyv1.RegisterRWLockServiceServer(s.grpc, rwlock.New(g))
-	coordproxyv1.RegisterElectionServiceServer(s.grpc, electionproxy.NewElections(g))
-	coordproxyv1.RegisterSessionServiceServer(s.grpc, session.New(g, s.log, session.NewMetrics(s.cfg.Registry), session.Config{LockDelay: s.cfg.SessionLockDelay}))
+	pb.RegisterAuthServer(s.grpc, passthrough.NewAuth(e))
+	s.member.self = s.advertised()
+	pb.RegisterClusterServer(s.grpc, passthrough.NewCluster(e, s.member.self, s.cfg.RegisterMembers))
+	coordproxyv1.RegisterLockServiceServer(s.grpc, lockproxy.NewLocks(g, e, l0))
+	coordproxyv1.RegisterSemaphoreServiceServer(s.grpc, semaphore.New(g, e))
+	coordproxyv1.RegisterRWLockServiceServer(s.grpc, rwlock.New(g, e))
+	coordproxyv1.RegisterElectionServiceServer(s.grpc, electionproxy.NewElections(g, e, l0))
+	coordproxyv1.RegisterSessionServiceServer(s.grpc, session.New(e, s.log, session.NewMetrics(s.cfg.Registry), session.Config{LockDelay: s.cfg.SessionLockDelay}))
 	s.health = health.NewServer()
 	for _, svc := range append([]string{""}, servedServices...) {
 		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
@@ -304,15 +299,11 @@ func (s *Server) newHTTP(ctx context.Context) (err error) {
 		return err
 	}
 	// The gateway's calls carry their HTTP client's identity.
-	gateway := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.ids.httpIdentity(r)
-		gw.ServeHTTP(w, r)
-	})
-	s.http = &http.Server{Handler: s.httpMux(gateway),
+	s.http = &http.Server{Handler: s.httpMux(s.authz.Gateway(gw)),
 		// A request's header must arrive within the handshake bound and
 		// be at most 64 KiB; its body within 30 s.
 		ReadHeaderTimeout: s.cfg.HandshakeTimeout, MaxHeaderBytes: maxHeaderBytes, ReadTimeout: 30 * time.Second,
-		ConnContext: httpConnContext}
+		ConnContext: authz.ConnContext}
 	s.cfg.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "coordproxy", Name: "ready",
 		Help: "1 when /readyz would answer 200 (etcd answers a read that needs a leader, within 2 s, and the proxy is not draining), else 0: the last /readyz answer if it is less than 5 s old, else asked of etcd at the scrape.",
@@ -345,7 +336,7 @@ func (s *Server) serve() {
 	httpL := s.mux.Match(cmux.HTTP1Fast())
 	serve := func(name string, f func() error) {
 		go func() {
-			if err := f(); err != nil && !s.draining.Load() && !errors.Is(err, grpc.ErrServerStopped) && !errors.Is(err, http.ErrServerClosed) {
+			if err := f(); err != nil && !s.drain.draining.Load() && !errors.Is(err, grpc.ErrServerStopped) && !errors.Is(err, http.ErrServerClosed) {
 				select {
 				case s.serveErr <- fmt.Errorf("%s: %w", name, err):
 				default:
@@ -359,11 +350,11 @@ func (s *Server) serve() {
 	serve("listener", s.mux.Serve)
 	if s.cfg.RegisterMembers {
 		var rctx context.Context
-		rctx, s.unregister = context.WithCancel(context.Background())
-		s.registered = passthrough.Register(rctx, s.access, s.self, s.log)
+		rctx, s.member.unregister = context.WithCancel(context.Background())
+		s.member.registered = passthrough.Register(rctx, s.access, s.member.self, s.log)
 	}
 	s.log.Info("serving etcd Lock, Election, KV, Watch, Lease, Maintenance.Status, Auth.Authenticate and Cluster.MemberList and coordproxy.v1's services over gRPC and JSON, /healthz, /readyz, /metrics",
-		"listen", s.lis.Addr().String(), "advertise_client_urls", strings.Join(s.self.ClientURLs, ","),
+		"listen", s.lis.Addr().String(), "advertise_client_urls", strings.Join(s.member.self.ClientURLs, ","),
 		"tls", tlsMode(s.serverTLS), "etcd", s.endpoints, "services", strings.Join(servedServices, ","))
 }
 

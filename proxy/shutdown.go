@@ -2,8 +2,23 @@ package proxy
 
 import (
 	"context"
+	"sync"
+	"sync/atomic"
 	"time"
 )
+
+// drain is where Shutdown is: draining from its start (/readyz 503),
+// refusing new calls once the drain delay is over.
+type drain struct {
+	draining atomic.Bool
+	end      chan struct{} // closed to end the drain delay early (tests)
+	refusing chan struct{} // closed when the drain delay is over
+	refuse   sync.Once
+}
+
+func newDrain() drain {
+	return drain{end: make(chan struct{}), refusing: make(chan struct{})}
+}
 
 // Shutdown stops the server in steps. First /readyz answers 503 and every
 // gRPC health service NOT_SERVING, while calls are still served for the
@@ -15,22 +30,22 @@ import (
 // client and, in dev mode, the embedded etcd are closed. ctx bounds the
 // whole sequence, drain delay included.
 func (s *Server) Shutdown(ctx context.Context) {
-	s.draining.Store(true)
+	s.drain.draining.Store(true)
 	s.health.Shutdown() // every service NOT_SERVING
 	if d := s.cfg.DrainDelay; d > 0 {
 		s.log.Info("draining: /readyz answers 503 and health NOT_SERVING; still serving", "drain_delay", d)
 		t := time.NewTimer(d)
 		select {
 		case <-t.C:
-		case <-s.endDrain:
+		case <-s.drain.end:
 		case <-ctx.Done():
 		}
 		t.Stop()
 	}
 	s.log.Info("stopping: new calls are refused")
-	s.refuse.Do(func() { close(s.refusing) })
-	if s.unregister != nil {
-		s.unregister() // leaves MemberList (its lease is revoked)
+	s.drain.refuse.Do(func() { close(s.drain.refusing) })
+	if s.member.unregister != nil {
+		s.member.unregister() // leaves MemberList (its lease is revoked)
 	}
 	stopped := make(chan struct{})
 	go func() {
@@ -49,9 +64,9 @@ func (s *Server) Shutdown(ctx context.Context) {
 	// the in-memory listener too, and closeEtcdSide closes the gateway's
 	// connection.
 	s.inproc.Close()
-	if s.registered != nil {
+	if s.member.registered != nil {
 		select {
-		case <-s.registered:
+		case <-s.member.registered:
 		case <-ctx.Done():
 		}
 	}

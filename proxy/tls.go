@@ -7,10 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"strings"
 
+	"github.com/soheilhy/cmux"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
+	"google.golang.org/grpc/credentials"
 )
 
 // FileError is a certificate or key file that cannot be used. Field is the
@@ -176,3 +179,28 @@ func hasPEMBlock(b []byte, typ func(string) bool) bool {
 		}
 	}
 }
+
+// peerTLS lets the gRPC server see the client certificate of a connection
+// whose TLS the port's listener already terminated (cmux serves gRPC and
+// HTTP on one TLS port): it adds no handshake, it reports the one done.
+type peerTLS struct {
+	credentials.TransportCredentials
+}
+
+func newPeerTLS() credentials.TransportCredentials {
+	return peerTLS{credentials.NewTLS(&tls.Config{})}
+}
+
+func (peerTLS) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	inner := c
+	if m, ok := inner.(*cmux.MuxConn); ok {
+		inner = m.Conn
+	}
+	if tc, ok := inner.(*tls.Conn); ok {
+		return c, credentials.TLSInfo{State: tc.ConnectionState(), CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}}, nil
+	}
+	// The gateway's in-process connection.
+	return c, credentials.TLSInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}}, nil
+}
+
+func (p peerTLS) Clone() credentials.TransportCredentials { return p }

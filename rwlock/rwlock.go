@@ -6,8 +6,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/coordproxy/coordproxy/answer"
 	"github.com/coordproxy/coordproxy/etcdio"
 	"github.com/coordproxy/coordproxy/grant"
+	"github.com/coordproxy/coordproxy/keyspace"
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	"github.com/coordproxy/coordproxy/queue"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -23,8 +25,9 @@ type Service struct {
 	etcd *etcdio.Etcd
 }
 
-// New returns the RWLockService over g.
-func New(g *grant.Granter) *Service { return &Service{g: g, etcd: g.Etcd()} }
+// New returns the RWLockService: its transactions go to e, the wait after
+// them to g.
+func New(g *grant.Granter, e *etcdio.Etcd) *Service { return &Service{g: g, etcd: e} }
 
 var errNotRWLockKey = status.Error(codes.InvalidArgument,
 	`"key" field is not a read/write lock key: want <name>/read/<number> or <name>/write/<number> of a key attached to a lease`)
@@ -47,7 +50,7 @@ func (s *Service) lock(ctx context.Context, req *coordproxyv1.RWLockRequest, wri
 		return nil, grant.ErrLeaseMissing
 	}
 	name, lease := string(req.Name), clientv3.LeaseID(req.Lease)
-	pfx := grant.Prefix(name)
+	pfx := keyspace.Prefix(name)
 	// RWMutex.RLock waits on pfx+"write", Lock on pfx: the same prefixes.
 	role, blockers := "read", pfx+"write"
 	if write {
@@ -64,7 +67,7 @@ func (s *Service) lock(ctx context.Context, req *coordproxyv1.RWLockRequest, wri
 	if err != nil {
 		return nil, err
 	}
-	return g.Held(lease), nil
+	return answer.Held(g, lease), nil
 }
 
 // enqueue is the recipe's newUniqueEphemeralKey: put prefix/UnixNano if its
@@ -81,7 +84,7 @@ func (s *Service) enqueue(ctx context.Context, name, prefix string, lease client
 			Then: []clientv3.Op{clientv3.OpPut(key, "", clientv3.WithLease(lease)),
 				clientv3.OpGet(blockers, clientv3.WithPrefix(), clientv3.WithCountOnly())},
 			Else:   []clientv3.Op{clientv3.OpGet(key, clientv3.WithKeysOnly())},
-			Prefix: grant.Prefix(name),
+			Prefix: keyspace.Prefix(name),
 		})
 		if err != nil {
 			return grant.Claim{}, err
@@ -140,7 +143,7 @@ func (s *Service) Unlock(ctx context.Context, req *coordproxyv1.UnlockRequest) (
 	if err != nil {
 		return nil, err
 	}
-	return &coordproxyv1.UnlockResponse{Header: grant.Header(hdr)}, nil
+	return &coordproxyv1.UnlockResponse{Header: answer.Header(hdr)}, nil
 }
 
 // isRWLockKey: <anything>read/<digits> or <anything>write/<digits>.

@@ -4,8 +4,10 @@ import (
 	"context"
 	"strconv"
 
+	"github.com/coordproxy/coordproxy/answer"
 	"github.com/coordproxy/coordproxy/etcdio"
 	"github.com/coordproxy/coordproxy/grant"
+	"github.com/coordproxy/coordproxy/keyspace"
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -22,8 +24,9 @@ type Service struct {
 	etcd *etcdio.Etcd
 }
 
-// New returns the SemaphoreService over g.
-func New(g *grant.Granter) *Service { return &Service{g: g, etcd: g.Etcd()} }
+// New returns the SemaphoreService: its transactions go to e, the wait
+// after them to g.
+func New(g *grant.Granter, e *etcdio.Etcd) *Service { return &Service{g: g, etcd: e} }
 
 // Acquire takes one of name's limit places for req.Lease, waiting first come,
 // first served while all are taken.
@@ -37,7 +40,7 @@ func (s *Service) Acquire(ctx context.Context, req *coordproxyv1.AcquireRequest)
 		return nil, errLimitInvalid
 	}
 	name, lease := string(req.Name), clientv3.LeaseID(req.Lease)
-	c, err := s.enqueue(ctx, name, grant.OwnerKey(name, lease), lease, req.Limit)
+	c, err := s.enqueue(ctx, name, keyspace.OwnerKey(name, lease), lease, req.Limit)
 	if err != nil {
 		return nil, err
 	}
@@ -45,7 +48,7 @@ func (s *Service) Acquire(ctx context.Context, req *coordproxyv1.AcquireRequest)
 	if err != nil {
 		return nil, err
 	}
-	return g.Held(lease), nil
+	return answer.Held(g, lease), nil
 }
 
 // enqueue is concurrency.Mutex's tryAcquire transaction with the limit as the
@@ -58,7 +61,7 @@ func (s *Service) Acquire(ctx context.Context, req *coordproxyv1.AcquireRequest)
 // limit, or a key of a lock or an election, is refused without reading the
 // whole queue.
 func (s *Service) enqueue(ctx context.Context, name, key string, lease clientv3.LeaseID, limit int64) (grant.Claim, error) {
-	pfx := grant.Prefix(name)
+	pfx := keyspace.Prefix(name)
 	value := strconv.FormatInt(limit, 10)
 	holders := clientv3.OpGet(pfx, clientv3.WithPrefix(),
 		clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(limit))
@@ -106,7 +109,7 @@ func (s *Service) Release(ctx context.Context, req *coordproxyv1.ReleaseRequest)
 	if key == "" {
 		return nil, grant.ErrKeyMissing
 	}
-	_, lease, ok := grant.ParseOwnerKey(key)
+	_, lease, ok := keyspace.ParseOwnerKey(key)
 	if !ok {
 		return nil, errNotSemaphoreKey
 	}
@@ -114,7 +117,7 @@ func (s *Service) Release(ctx context.Context, req *coordproxyv1.ReleaseRequest)
 	if err != nil {
 		return nil, err
 	}
-	return &coordproxyv1.ReleaseResponse{Header: grant.Header(hdr)}, nil
+	return &coordproxyv1.ReleaseResponse{Header: answer.Header(hdr)}, nil
 }
 
 // Describe reads name's limit (from its keys' values; 0 when nobody holds or
@@ -132,7 +135,7 @@ func (s *Service) Describe(ctx context.Context, req *coordproxyv1.DescribeReques
 		if err != nil {
 			return nil, err
 		}
-		hdr, held, waiters, waiting, err := s.g.Describe(ctx, name, int(limit), req.Limit)
+		hdr, held, waiters, waiting, err := answer.Describe(ctx, s.etcd, name, int(limit), req.Limit)
 		if err != nil {
 			return nil, err
 		}
@@ -146,7 +149,7 @@ func (s *Service) Describe(ctx context.Context, req *coordproxyv1.DescribeReques
 
 // limit is the limit name's oldest key gives, 0 if there is none.
 func (s *Service) limit(ctx context.Context, name string) (int64, error) {
-	resp, err := s.g.ReadQueue(ctx, name, 1)
+	resp, err := answer.ReadQueue(ctx, s.etcd, name, 1)
 	if err != nil || len(resp.Kvs) == 0 {
 		return 0, err
 	}

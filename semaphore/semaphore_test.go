@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coordproxy/coordproxy/grant"
+	"github.com/coordproxy/coordproxy/keyspace"
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	"github.com/coordproxy/coordproxy/proxy"
 	"github.com/coordproxy/coordproxy/proxy/proxytest"
@@ -131,7 +131,7 @@ func TestSemaphore_waitersAreGrantedInArrivalOrder(t *testing.T) {
 				return err
 			}
 			if len(kr.Kvs) != 1 || kr.Kvs[0].CreateRevision != h.FencingToken || h.Lease != lease ||
-				string(h.Key) != grant.OwnerKey("fifo", clientv3.LeaseID(lease)) {
+				string(h.Key) != keyspace.OwnerKey("fifo", clientv3.LeaseID(lease)) {
 				return fmt.Errorf("grant %v does not match its key %v", h, kr.Kvs)
 			}
 			// One waiter is granted per release, and the test reads holders
@@ -219,7 +219,7 @@ func TestSemaphore_cancelledWaitersLeaveNoKeys(t *testing.T) {
 		case 1:
 			sems = coordproxyv1.NewSemaphoreServiceClient(leaving)
 		default:
-			stay[grant.OwnerKey("quit", clientv3.LeaseID(lease))] = true
+			stay[keyspace.OwnerKey("quit", clientv3.LeaseID(lease))] = true
 		}
 		calls = append(calls, proxytest.Go(func() error {
 			h, err := sems.Acquire(cctx, &coordproxyv1.AcquireRequest{Name: []byte("quit"), Lease: lease, Limit: limit})

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/coordproxy/coordproxy/grant"
+	"github.com/coordproxy/coordproxy/keyspace"
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	"github.com/coordproxy/coordproxy/proxy"
 	"github.com/coordproxy/coordproxy/proxy/proxytest"
@@ -91,7 +91,7 @@ func TestSemaphoreDescribe_limitHoldersWithTTLAndWaitersInOrder(t *testing.T) {
 		})
 		t.Cleanup(func() { c.Wait(t) })
 		env.WaitKeys(t, "desc/", limit+i+1)
-		waiting = append(waiting, grant.OwnerKey("desc", clientv3.LeaseID(lease)))
+		waiting = append(waiting, keyspace.OwnerKey("desc", clientv3.LeaseID(lease)))
 	}
 	t.Cleanup(func() {
 		for _, h := range held {

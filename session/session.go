@@ -51,8 +51,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/coordproxy/coordproxy/answer"
 	"github.com/coordproxy/coordproxy/etcdio"
-	"github.com/coordproxy/coordproxy/grant"
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -105,7 +105,6 @@ type Config struct {
 type Service struct {
 	coordproxyv1.UnsafeSessionServiceServer
 	etcd    *etcdio.Etcd
-	g       *grant.Granter
 	log     *slog.Logger
 	metrics *Metrics
 	cfg     Config
@@ -114,11 +113,12 @@ type Service struct {
 	streams  atomic.Uint64
 }
 
-// New returns the SessionService over g's etcd; what it revokes, g learns.
-func New(g *grant.Granter, log *slog.Logger, m *Metrics, cfg Config) *Service {
+// New returns the SessionService over e; the leases it grants and revokes
+// go through e's LeaseHooks.
+func New(e *etcdio.Etcd, log *slog.Logger, m *Metrics, cfg Config) *Service {
 	b := make([]byte, 8)
 	rand.Read(b)
-	return &Service{etcd: g.Etcd(), g: g, log: log, metrics: m, cfg: cfg, instance: hex.EncodeToString(b)}
+	return &Service{etcd: e, log: log, metrics: m, cfg: cfg, instance: hex.EncodeToString(b)}
 }
 
 // session is one open KeepAlive stream.
@@ -193,7 +193,7 @@ func (s *Service) refreshes(stream coordproxyv1.SessionService_KeepAliveServer, 
 	for {
 		select {
 		case <-ss.kept.Refreshed():
-			if err := stream.Send(&coordproxyv1.SessionResponse{Header: grant.Header(ss.kept.Header()), Lease: int64(ss.lease), Ttl: ss.kept.TTL()}); err != nil {
+			if err := stream.Send(&coordproxyv1.SessionResponse{Header: answer.Header(ss.kept.Header()), Lease: int64(ss.lease), Ttl: ss.kept.TTL()}); err != nil {
 				s.ended(ss, time.Now().Add(ss.grace), err)
 				return err
 			}
@@ -229,7 +229,7 @@ func (s *Service) closed(ctx context.Context, stream coordproxyv1.SessionService
 		return err
 	}
 	s.metrics.Ended.WithLabelValues("close").Inc()
-	return stream.Send(&coordproxyv1.SessionResponse{Header: grant.Header(resp.Header), Lease: int64(ss.lease), Closed: true})
+	return stream.Send(&coordproxyv1.SessionResponse{Header: answer.Header(resp.Header), Lease: int64(ss.lease), Closed: true})
 }
 
 // lost: the lease expired or was revoked elsewhere, or its keep-alives went
@@ -265,10 +265,7 @@ func (s *Service) open(ctx context.Context, first *coordproxyv1.SessionRequest) 
 			return nil, nil, errGrace
 		}
 		sent := time.Now()
-		g, err := cli.Grant(ctx, first.Ttl)
-		if err == nil {
-			err = s.etcd.LeaseGranted(ctx, g.ID)
-		}
+		g, err := s.etcd.Grant(ctx, first.Ttl)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -281,7 +278,7 @@ func (s *Service) open(ctx context.Context, first *coordproxyv1.SessionRequest) 
 			return nil, nil, err
 		}
 		ss.kept = s.etcd.KeepLease(ctx, ss.lease, g.TTL, sent.Add(time.Duration(g.TTL)*time.Second))
-		return ss, &coordproxyv1.SessionResponse{Header: grant.Header(t.Header), Lease: int64(ss.lease), Ttl: g.TTL}, nil
+		return ss, &coordproxyv1.SessionResponse{Header: answer.Header(t.Header), Lease: int64(ss.lease), Ttl: g.TTL}, nil
 	}
 	ss.lease = clientv3.LeaseID(first.Lease)
 	if ss.window > 0 {
@@ -305,7 +302,7 @@ func (s *Service) open(ctx context.Context, first *coordproxyv1.SessionRequest) 
 	// etcd counts the TTL left down to whole seconds: a lower bound from
 	// the request's send.
 	ss.kept = s.etcd.KeepLease(ctx, ss.lease, ttl.TTL, sent.Add(time.Duration(ttl.TTL)*time.Second))
-	return ss, &coordproxyv1.SessionResponse{Header: grant.Header(t.Header), Lease: int64(ss.lease), Ttl: ttl.TTL}, nil
+	return ss, &coordproxyv1.SessionResponse{Header: answer.Header(t.Header), Lease: int64(ss.lease), Ttl: ttl.TTL}, nil
 }
 
 // resume resumes a heartbeating session on its lease. A replica that died
@@ -335,7 +332,7 @@ func (s *Service) resume(ctx context.Context, ss *session) (*session, *coordprox
 		return nil, nil, err
 	}
 	ss.kept = kept
-	return ss, &coordproxyv1.SessionResponse{Header: grant.Header(t.Header), Lease: int64(ss.lease), Ttl: kept.TTL()}, nil
+	return ss, &coordproxyv1.SessionResponse{Header: answer.Header(t.Header), Lease: int64(ss.lease), Ttl: kept.TTL()}, nil
 }
 
 // adopt writes the session record naming ss's stream unless a proxy has
@@ -448,12 +445,9 @@ func (s *Service) sleep(d time.Duration) bool {
 func (s *Service) revoke(ctx context.Context, lease clientv3.LeaseID) (*clientv3.LeaseRevokeResponse, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.etcd.RequestTimeout())
 	defer cancel()
-	resp, err := s.etcd.For(ctx).Revoke(ctx, lease)
+	resp, err := s.etcd.Revoke(ctx, lease)
 	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		resp, err = &clientv3.LeaseRevokeResponse{}, nil
-	}
-	if err == nil {
-		s.g.LeaseRevoked(int64(lease))
 	}
 	return resp, err
 }

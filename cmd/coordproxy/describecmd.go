@@ -7,7 +7,7 @@ import (
 	"io"
 	"strings"
 
-	"github.com/coordproxy/coordproxy/grant"
+	"github.com/coordproxy/coordproxy/answer"
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -33,7 +33,7 @@ func describeCmd(args []string, stdout, stderr io.Writer) int {
 	cf.register(fs)
 	election := fs.Bool("election", false, "describe the election NAME")
 	semaphore := fs.Bool("semaphore", false, "describe the semaphore NAME")
-	limit := fs.Int64("limit", 0, fmt.Sprintf("list at most this many waiters (0: up to %d); all are counted", grant.DescribeLimit))
+	limit := fs.Int64("limit", 0, fmt.Sprintf("list at most this many waiters (0: up to %d); all are counted", answer.DescribeLimit))
 	asJSON := fs.Bool("json", false, "print the answer as JSON")
 	if code, done := parseCLI(fs, describeUsage, args, stdout, stderr); done {
 		return code

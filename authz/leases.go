@@ -1,11 +1,11 @@
-package proxy
+package authz
 
 import (
 	"context"
 	"fmt"
 	"sync"
 
-	"github.com/coordproxy/coordproxy/grant"
+	"github.com/coordproxy/coordproxy/keyspace"
 	"github.com/coordproxy/coordproxy/policy"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -20,7 +20,8 @@ import (
 // releases, resigns or proclaims with a key on it — is refused unless the
 // caller owns it; a lease without a record (granted straight at etcd, or
 // while no policy was in force) follows the policy's leases.unrecorded.
-// Cost: one etcd Put per grant; a replica remembers owners it has read.
+// Cost: one etcd Put per grant; a replica remembers owners it has read, and
+// forgets the owner of a lease revoked through it.
 
 // LeaseRecordPrefix is where the owner records live.
 const LeaseRecordPrefix = "__coordproxy/leases/"
@@ -35,16 +36,17 @@ type leaseOwners struct {
 	owners map[int64]string // "" : no record
 }
 
-// recordLease writes the owner of a lease just granted for ctx's caller.
-func (s *Server) recordLease(ctx context.Context, lease clientv3.LeaseID) error {
-	if s.policy.Policy() == nil {
+// leaseGranted writes the owner of a lease just granted for ctx's caller
+// (etcdio's LeaseHooks.Granted).
+func (a *Authorizer) leaseGranted(ctx context.Context, lease clientv3.LeaseID) error {
+	if a.store.Policy() == nil {
 		return nil
 	}
-	id := s.ids.of(ctx)
-	if _, err := s.access.Own().Put(ctx, leaseRecord(int64(lease)), id, clientv3.WithLease(lease)); err != nil {
+	id := a.ids.of(ctx)
+	if _, err := a.etcd.Own().Put(ctx, leaseRecord(int64(lease)), id, clientv3.WithLease(lease)); err != nil {
 		return err
 	}
-	s.owners.remember(int64(lease), id)
+	a.owners.remember(int64(lease), id)
 	return nil
 }
 
@@ -57,6 +59,8 @@ func (o *leaseOwners) remember(lease int64, owner string) {
 	o.owners[lease] = owner
 }
 
+// forget drops the owner of a lease revoked through this replica (etcdio's
+// LeaseHooks.Revoked): its record went with it.
 func (o *leaseOwners) forget(lease int64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -64,19 +68,19 @@ func (o *leaseOwners) forget(lease int64) {
 }
 
 // mayUse tells whether identity may use lease under p.
-func (s *Server) mayUse(ctx context.Context, p *policy.Policy, identity string, lease int64) (bool, error) {
-	s.owners.mu.Lock()
-	owner, known := s.owners.owners[lease]
-	s.owners.mu.Unlock()
+func (a *Authorizer) mayUse(ctx context.Context, p *policy.Policy, identity string, lease int64) (bool, error) {
+	a.owners.mu.Lock()
+	owner, known := a.owners.owners[lease]
+	a.owners.mu.Unlock()
 	if !known {
-		resp, err := s.access.Own().Get(ctx, leaseRecord(lease))
+		resp, err := a.etcd.Own().Get(ctx, leaseRecord(lease))
 		if err != nil {
 			return false, err
 		}
 		if len(resp.Kvs) > 0 {
 			owner = string(resp.Kvs[0].Value)
 		}
-		s.owners.remember(lease, owner)
+		a.owners.remember(lease, owner)
 	}
 	if owner == "" {
 		return p.UnrecordedLeases, nil
@@ -84,11 +88,24 @@ func (s *Server) mayUse(ctx context.Context, p *policy.Policy, identity string, 
 	return owner == identity, nil
 }
 
-// keyLease is the lease a lock or semaphore key names (name/hex(lease)); 0
-// for another key (an RW lock's key names none: scope has its lease read).
+// keyLease is the lease a lock or semaphore key names (name/hex(lease));
+// 0 for another key.
 func keyLease(key []byte) int64 {
-	if _, lease, ok := grant.ParseOwnerKey(string(key)); ok {
+	if _, lease, ok := keyspace.ParseOwnerKey(string(key)); ok {
 		return int64(lease)
 	}
 	return 0
+}
+
+// storedLease is the lease key names, else the lease etcd has it on (an RW
+// lock's key names none); 0 for a key that is not there.
+func (a *Authorizer) storedLease(ctx context.Context, key []byte) (int64, error) {
+	if l := keyLease(key); l != 0 || len(key) == 0 {
+		return l, nil
+	}
+	resp, err := a.etcd.Own().Get(ctx, string(key))
+	if err != nil || len(resp.Kvs) == 0 {
+		return 0, err
+	}
+	return resp.Kvs[0].Lease, nil
 }

@@ -1,4 +1,4 @@
-package proxy
+package authz
 
 import (
 	"context"
@@ -132,7 +132,7 @@ func jwtUser(token string) string {
 	return claims.Username
 }
 
-// httpIdentity is an HTTP request's identity, for the gateway to pass on;
+// httpIdentity sets an HTTP request's identity, for the gateway to pass on;
 // the header a client could set to the same effect is dropped first.
 func (ids *identities) httpIdentity(r *http.Request) {
 	r.Header.Del("Grpc-Metadata-" + gatewayIdentity)
@@ -149,7 +149,9 @@ func (ids *identities) httpIdentity(r *http.Request) {
 // behind cmux, net/http does not see that the connection is TLS.
 type tlsConnKey struct{}
 
-func httpConnContext(ctx context.Context, c net.Conn) context.Context {
+// ConnContext is the HTTP server's ConnContext: it lets Gateway see the
+// client certificate of a connection whose TLS cmux's listener terminated.
+func ConnContext(ctx context.Context, c net.Conn) context.Context {
 	if m, ok := c.(*cmux.MuxConn); ok {
 		c = m.Conn
 	}
@@ -158,28 +160,3 @@ func httpConnContext(ctx context.Context, c net.Conn) context.Context {
 	}
 	return ctx
 }
-
-// peerTLS lets the gRPC server see the client certificate of a connection
-// whose TLS the port's listener already terminated (cmux serves gRPC and
-// HTTP on one TLS port): it adds no handshake, it reports the one done.
-type peerTLS struct {
-	credentials.TransportCredentials
-}
-
-func newPeerTLS() credentials.TransportCredentials {
-	return peerTLS{credentials.NewTLS(&tls.Config{})}
-}
-
-func (peerTLS) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	inner := c
-	if m, ok := inner.(*cmux.MuxConn); ok {
-		inner = m.Conn
-	}
-	if tc, ok := inner.(*tls.Conn); ok {
-		return c, credentials.TLSInfo{State: tc.ConnectionState(), CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}}, nil
-	}
-	// The gateway's in-process connection.
-	return c, credentials.TLSInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}}, nil
-}
-
-func (p peerTLS) Clone() credentials.TransportCredentials { return p }

@@ -1,4 +1,9 @@
-package grant
+// Package keyspace is the key layout coordproxy shares with etcd's
+// client/v3/concurrency and its native Lock and Election services, so that
+// a mixed fleet on the same names excludes each other: a name's queue is
+// the keys under name + "/", each key is the prefix and its lease in hex,
+// and the oldest key (lowest create revision) holds.
+package keyspace
 
 import (
 	"fmt"
