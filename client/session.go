@@ -297,7 +297,7 @@ func (s *Session) check() {
 	last := s.last
 	s.mu.Unlock()
 	if last != nil {
-		s.end(fmt.Errorf("%w (last: %v)", ErrSessionLost, last))
+		s.end(fmt.Errorf("%w (last: %w)", ErrSessionLost, last))
 	} else {
 		s.end(ErrSessionLost)
 	}

@@ -110,7 +110,9 @@ func TestSession_resumesThroughAnotherReplica(t *testing.T) {
 func TestSession_endsWhenItsLeaseIsRevokedElsewhere(t *testing.T) {
 	env := proxytest.New(t, proxy.Config{})
 	cli := proxytest.Client(t, env.Proxy.Addr().String())
-	s, err := client.NewSession(cli, client.WithTTL(30))
+	// A short TTL: the proxy learns of the revoke at its next keep-alive, a
+	// third of the TTL later.
+	s, err := client.NewSession(cli, client.WithTTL(3))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -133,7 +133,6 @@ func describe(kv *mvccpb.KeyValue, wk *worker) string {
 	who := "no known client"
 	if wk != nil {
 		who = fmt.Sprintf("client %d", wk.id)
-
 	}
 	return fmt.Sprintf("%s (create rev %d, lease %x, %s)", kv.Key, kv.CreateRevision, kv.Lease, who)
 }

@@ -151,7 +151,7 @@ func TestEtcdctl_locksElectsAndReportsThroughTheProxy(t *testing.T) {
 					cmd := etcdctl("lock", name, "--", os.Args[0])
 					cmd.Env = append(os.Environ(), occupyEnv+"="+p.addr, occupyName+"="+name, fmt.Sprintf("%s=etcdctl-%d-%d", occupyWho, i, r))
 					if out, err := cmd.CombinedOutput(); err != nil {
-						errs <- fmt.Errorf("etcdctl lock, round %d: %v\n%s", r, err, out)
+						errs <- fmt.Errorf("etcdctl lock, round %d: %w\n%s", r, err, out)
 					}
 				}
 			})
@@ -171,7 +171,7 @@ func TestEtcdctl_locksElectsAndReportsThroughTheProxy(t *testing.T) {
 						}
 					}
 					if err != nil {
-						errs <- fmt.Errorf("proxy Lock, round %d: %v", r, err)
+						errs <- fmt.Errorf("proxy Lock, round %d: %w", r, err)
 					}
 				}
 				kv.Revoke(ctx, lease.ID)

@@ -115,7 +115,7 @@ func startNext(t *testing.T, ctx context.Context, kind, name, addr string) *next
 		_, err := hold.Take(ctx, s, kind, name, "next")
 		now := clock.Now()
 		if err == nil && s.Remaining() <= 0 {
-			err = fmt.Errorf("granted after its own window: %v", s.Err())
+			err = fmt.Errorf("granted after its own window: %w", s.Err())
 		}
 		if err != nil {
 			n.failed <- err

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -17,6 +18,13 @@ func TestMain(m *testing.M) {
 	if addr := os.Getenv(occupyEnv); addr != "" {
 		// Run as the command of `etcdctl lock` (see etcdctl_test.go).
 		os.Exit(occupyMain(addr))
+	}
+	flag.Parse()
+	if testing.Short() {
+		// Real etcd clusters and coordproxy processes take minutes: the
+		// fast loop (go test -short ./...) leaves them to the full suite.
+		fmt.Println("e2e: skipped with -short; go test ./... runs it")
+		os.Exit(0)
 	}
 	var err error
 	if binDir, err = os.MkdirTemp("", "coordproxy-e2e-bin"); err != nil {
@@ -76,7 +84,7 @@ var etcdctlBinary = sync.OnceValues(func() (string, error) {
 func goBuild(bin, pkg string) error {
 	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, pkg)
 	if o, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build %s: %v\n%s", pkg, err, o)
+		return fmt.Errorf("go build %s: %w\n%s", pkg, err, o)
 	}
 	return nil
 }

@@ -62,7 +62,7 @@ func TestElectionsObserve_observersShareOneWatchAndSeeTheSameChanges(t *testing.
 				case <-time.After(30 * time.Second):
 				}
 				if m == nil {
-					errs <- fmt.Errorf("observer %d: event %d (%s) never came: %v", i, j, w, o.end)
+					errs <- fmt.Errorf("observer %d: event %d (%s) never came: %w", i, j, w, o.end)
 					return
 				}
 				if got := eventText(m); got != w || m.Revision != s.revs[j] {

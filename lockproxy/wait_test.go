@@ -54,7 +54,7 @@ func TestLock_waitersShareOneWatchAndLeaveNothingBehind(t *testing.T) {
 			resp, err := env.Lock.Lock(cctx, &v3lockpb.LockRequest{Name: []byte("shared"), Lease: lease})
 			if i%4 == 0 {
 				if status.Code(err) != codes.Canceled {
-					errc <- fmt.Errorf("waiter that gave up: %v, want Canceled", err)
+					errc <- fmt.Errorf("waiter that gave up: %w, want Canceled", err)
 				}
 				return
 			}

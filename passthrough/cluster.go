@@ -132,18 +132,22 @@ func (c *Cluster) MemberList(ctx context.Context, r *pb.MemberListRequest) (*pb.
 	return out, nil
 }
 
+// MemberAdd is not served through the proxy: it answers as notServed says.
 func (c *Cluster) MemberAdd(context.Context, *pb.MemberAddRequest) (*pb.MemberAddResponse, error) {
 	return nil, notServed("MemberAdd")
 }
 
+// MemberRemove is not served through the proxy: it answers as notServed says.
 func (c *Cluster) MemberRemove(context.Context, *pb.MemberRemoveRequest) (*pb.MemberRemoveResponse, error) {
 	return nil, notServed("MemberRemove")
 }
 
+// MemberUpdate is not served through the proxy: it answers as notServed says.
 func (c *Cluster) MemberUpdate(context.Context, *pb.MemberUpdateRequest) (*pb.MemberUpdateResponse, error) {
 	return nil, notServed("MemberUpdate")
 }
 
+// MemberPromote is not served through the proxy: it answers as notServed says.
 func (c *Cluster) MemberPromote(context.Context, *pb.MemberPromoteRequest) (*pb.MemberPromoteResponse, error) {
 	return nil, notServed("MemberPromote")
 }

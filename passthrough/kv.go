@@ -2,6 +2,7 @@ package passthrough
 
 import (
 	"context"
+	"errors"
 	"io"
 
 	"github.com/coordproxy/coordproxy/etcdio"
@@ -50,7 +51,7 @@ func (s *KV) RangeStream(r *pb.RangeRequest, stream grpc.ServerStreamingServer[p
 	}
 	for {
 		resp, err := up.Recv()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {
@@ -67,6 +68,7 @@ func (s *KV) RangeStream(r *pb.RangeRequest, stream grpc.ServerStreamingServer[p
 	}
 }
 
+// Range passes etcd's KV.Range through.
 func (s *KV) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
 	resp, err := s.etcd.For(ctx).Do(ctx, grpcproxy.RangeRequestToOp(r))
 	if err != nil {
@@ -75,6 +77,7 @@ func (s *KV) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, 
 	return (*pb.RangeResponse)(resp.Get()), nil
 }
 
+// Put passes etcd's KV.Put through.
 func (s *KV) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error) {
 	resp, err := s.etcd.For(ctx).Do(ctx, grpcproxy.PutRequestToOp(r))
 	if err != nil {
@@ -83,6 +86,7 @@ func (s *KV) Put(ctx context.Context, r *pb.PutRequest) (*pb.PutResponse, error)
 	return (*pb.PutResponse)(resp.Put()), nil
 }
 
+// DeleteRange passes etcd's KV.DeleteRange through.
 func (s *KV) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.DeleteRangeResponse, error) {
 	resp, err := s.etcd.For(ctx).Do(ctx, grpcproxy.DelRequestToOp(r))
 	if err != nil {
@@ -91,6 +95,7 @@ func (s *KV) DeleteRange(ctx context.Context, r *pb.DeleteRangeRequest) (*pb.Del
 	return (*pb.DeleteRangeResponse)(resp.Del()), nil
 }
 
+// Txn passes etcd's KV.Txn through.
 func (s *KV) Txn(ctx context.Context, r *pb.TxnRequest) (*pb.TxnResponse, error) {
 	if err := checkTxn(r); err != nil {
 		return nil, err

@@ -23,10 +23,12 @@ func NewLease(etcd *etcdio.Etcd, ns string) *Lease {
 	return &Lease{ns: ns, etcd: etcd}
 }
 
+// LeaseGrant passes etcd's Lease.LeaseGrant through.
 func (l *Lease) LeaseGrant(ctx context.Context, r *pb.LeaseGrantRequest) (*pb.LeaseGrantResponse, error) {
 	return l.etcd.GrantRequest(ctx, r)
 }
 
+// LeaseRevoke passes etcd's Lease.LeaseRevoke through.
 func (l *Lease) LeaseRevoke(ctx context.Context, r *pb.LeaseRevokeRequest) (*pb.LeaseRevokeResponse, error) {
 	return l.etcd.RevokeRequest(ctx, r)
 }
@@ -48,6 +50,7 @@ func (l *Lease) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveReques
 	return resp, nil
 }
 
+// LeaseLeases passes etcd's Lease.LeaseLeases through.
 func (l *Lease) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
 	return l.lc(ctx).LeaseLeases(ctx, r)
 }
@@ -61,7 +64,7 @@ func (l *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 	if err != nil {
 		return etcdio.StopErr(ctx, err)
 	}
-	err = relay(ctx, cancel, stream, up, func(*pb.LeaseKeepAliveRequest) error { return nil }, func(*pb.LeaseKeepAliveResponse) {})
+	err = relay(cancel, stream, up, func(*pb.LeaseKeepAliveRequest) error { return nil }, func(*pb.LeaseKeepAliveResponse) {})
 	return etcdio.StopErr(ctx, err)
 }
 

@@ -22,34 +22,42 @@ type Maintenance struct {
 // NewMaintenance returns the Maintenance pass-through.
 func NewMaintenance(etcd *etcdio.Etcd) *Maintenance { return &Maintenance{etcd: etcd} }
 
+// Status passes etcd's Maintenance.Status through.
 func (m *Maintenance) Status(ctx context.Context, r *pb.StatusRequest) (*pb.StatusResponse, error) {
 	return pb.NewMaintenanceClient(m.etcd.Conn(ctx)).Status(ctx, r)
 }
 
+// Alarm is not served through the proxy: it answers as notServed says.
 func (m *Maintenance) Alarm(context.Context, *pb.AlarmRequest) (*pb.AlarmResponse, error) {
 	return nil, notServed("Alarm")
 }
 
+// Defragment is not served through the proxy: it answers as notServed says.
 func (m *Maintenance) Defragment(context.Context, *pb.DefragmentRequest) (*pb.DefragmentResponse, error) {
 	return nil, notServed("Defragment")
 }
 
+// Hash is not served through the proxy: it answers as notServed says.
 func (m *Maintenance) Hash(context.Context, *pb.HashRequest) (*pb.HashResponse, error) {
 	return nil, notServed("Hash")
 }
 
+// HashKV is not served through the proxy: it answers as notServed says.
 func (m *Maintenance) HashKV(context.Context, *pb.HashKVRequest) (*pb.HashKVResponse, error) {
 	return nil, notServed("HashKV")
 }
 
+// Snapshot is not served through the proxy: it answers as notServed says.
 func (m *Maintenance) Snapshot(*pb.SnapshotRequest, grpc.ServerStreamingServer[pb.SnapshotResponse]) error {
 	return notServed("Snapshot")
 }
 
+// MoveLeader is not served through the proxy: it answers as notServed says.
 func (m *Maintenance) MoveLeader(context.Context, *pb.MoveLeaderRequest) (*pb.MoveLeaderResponse, error) {
 	return nil, notServed("MoveLeader")
 }
 
+// Downgrade is not served through the proxy: it answers as notServed says.
 func (m *Maintenance) Downgrade(context.Context, *pb.DowngradeRequest) (*pb.DowngradeResponse, error) {
 	return nil, notServed("Downgrade")
 }

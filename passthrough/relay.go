@@ -27,7 +27,7 @@ type upStream[Req, Resp any] interface {
 // etcd are returned as they are, for the caller to map. An error receiving
 // from the client (the client went away, or the edge refused its request:
 // package authz) ends the call with that error.
-func relay[Req, Resp any](ctx context.Context, cancel context.CancelFunc, down downStream[Req, Resp], up upStream[Req, Resp], in func(Req) error, out func(Resp)) error {
+func relay[Req, Resp any](cancel context.CancelFunc, down downStream[Req, Resp], up upStream[Req, Resp], in func(Req) error, out func(Resp)) error {
 	inErr := make(chan error, 1)
 	go func() {
 		for {

@@ -31,7 +31,7 @@ func (w *Watch) Watch(stream pb.Watch_WatchServer) error {
 	if err != nil {
 		return etcdio.StopErr(ctx, err)
 	}
-	err = relay(ctx, cancel, stream, up, w.in, w.out)
+	err = relay(cancel, stream, up, w.in, w.out)
 	return etcdio.StopErr(ctx, err)
 }
 

@@ -34,6 +34,7 @@ import (
 // Verb is what a call does, as the rules name it.
 type Verb string
 
+// The verbs a rule names (see the package comment for what each covers).
 const (
 	Lock  Verb = "lock"
 	Elect Verb = "elect"

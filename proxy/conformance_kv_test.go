@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"bytes"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -98,7 +99,7 @@ func (r *run) rangeStream(step string, req *pb.RangeRequest) {
 	}
 	for i := 0; ; i++ {
 		resp, err := st.Recv()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			r.record("%s: end after %d chunks", step, i)
 			return
 		}

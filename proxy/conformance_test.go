@@ -397,18 +397,26 @@ var scenarios = []scenario{
 
 // TestConformance runs every scenario against etcd's native Lock, Election
 // and Lease services and through coordproxy, over one real etcd, and requires
-// the same outcomes: the module's etcd (3.7, embedded), then each of
-// proxytest.EtcdVersions as a server process.
+// the same outcomes: the module's etcd (3.7, embedded) with the proxy as
+// shipped (batching what queued) and with every transaction nested
+// (proxytest.StartProxy's batching, the path a busy proxy takes), then
+// each of proxytest.EtcdVersions as a server process (not with -short).
 func TestConformance(t *testing.T) {
-	t.Run("etcd-3.7", func(t *testing.T) { conformance(t, proxytest.StartEtcd(t).URL) })
+	t.Run("etcd-3.7", func(t *testing.T) { conformance(t, proxytest.StartEtcd(t).URL, proxytest.StartProxyAsShipped) })
+	t.Run("etcd-3.7-nested", func(t *testing.T) { conformance(t, proxytest.StartEtcd(t).URL, proxytest.StartProxy) })
 	for _, v := range proxytest.EtcdVersions {
-		t.Run("etcd-"+v, func(t *testing.T) { conformance(t, proxytest.StartEtcdProcess(t, v).URL) })
+		t.Run("etcd-"+v, func(t *testing.T) {
+			if testing.Short() {
+				t.Skip("-short: etcd " + v + " runs in the full suite")
+			}
+			conformance(t, proxytest.StartEtcdProcess(t, v).URL, proxytest.StartProxy)
+		})
 	}
 }
 
-func conformance(t *testing.T, etcdURL string) {
+func conformance(t *testing.T, etcdURL string, start func(testing.TB, []string, proxy.Config) *proxy.Server) {
 	etcd := struct{ URL string }{etcdURL}
-	p := proxytest.StartProxy(t, []string{etcd.URL}, proxy.Config{})
+	p := start(t, []string{etcd.URL}, proxy.Config{})
 	kv := proxytest.Client(t, etcd.URL)
 	targets := []target{
 		{"native", proxytest.Dial(t, strings.TrimPrefix(etcd.URL, "http://"))},

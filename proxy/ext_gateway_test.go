@@ -45,7 +45,7 @@ func TestGateway_electionServiceObserveAndDescribe(t *testing.T) {
 
 	octx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(octx, "POST", base+"/coordproxy/v1/election/observe", strings.NewReader(fmt.Sprintf(`{"name":%q}`, name)))
+	req, _ := http.NewRequestWithContext(octx, http.MethodPost, base+"/coordproxy/v1/election/observe", strings.NewReader(fmt.Sprintf(`{"name":%q}`, name)))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("observe: %v", err)

@@ -118,7 +118,7 @@ func curlFlows(t *testing.T, base, prefix string) []string {
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	req, _ := http.NewRequestWithContext(ctx, "POST", base+"/v3/election/observe", strings.NewReader(fmt.Sprintf(`{"name":%q}`, b64(name))))
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v3/election/observe", strings.NewReader(fmt.Sprintf(`{"name":%q}`, b64(name))))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("observe: %v", err)

@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"testing"
@@ -71,7 +72,7 @@ func TestNamespace_isolatesTwoProxiesOnOneEtcd(t *testing.T) {
 	for _, s := range sides {
 		sess, err := concurrency.NewSession(s.kv, concurrency.WithTTL(30))
 		must(err)
-		if err := concurrency.NewMutex(sess, "job").TryLock(ctx); err != concurrency.ErrLocked {
+		if err := concurrency.NewMutex(sess, "job").TryLock(ctx); !errors.Is(err, concurrency.ErrLocked) {
 			t.Fatalf("%s: TryLock of a held lock: %v, want %v", s.ns, err, concurrency.ErrLocked)
 		}
 		sess.Close()

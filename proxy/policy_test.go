@@ -121,8 +121,6 @@ func TestPolicy_twoTenantsThroughTwoReplicas(t *testing.T) {
 	if _, err := a.kv.Put(ctx, "a/k", "v"); err != nil {
 		t.Fatal(err)
 	}
-	before := snapshot(t, root)
-
 	// A reads what is A's.
 	if _, err := a.locks.Describe(ctx, &coordproxyv1.DescribeRequest{Name: []byte("a/job")}); err != nil {
 		t.Fatalf("A Describe a/job: %v", err)
@@ -151,7 +149,7 @@ func TestPolicy_twoTenantsThroughTwoReplicas(t *testing.T) {
 	if _, err := b.kv.KeepAlive(ctx, lb.ID); err != nil {
 		t.Fatal(err)
 	}
-	before = snapshot(t, root) // B's own lease is B's business
+	before := snapshot(t, root) // B's own lease is B's business
 	_, err = b.lock.Lock(ctx, &v3lockpb.LockRequest{Name: []byte("a/job"), Lease: int64(lb.ID)})
 	denied(t, "B Lock a/job", err)
 	_, err = b.locks.TryLock(ctx, &coordproxyv1.LockRequest{Name: []byte("a/job"), Lease: int64(lb.ID)})

@@ -8,8 +8,8 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 )
 
-// ErrKeyGone: the waiter's own key no longer exists with its create revision
-// (lease expired, revoked, or the key was deleted).
+// ErrKeyGone is a wait's answer when the waiter's own key no longer exists
+// with its create revision (lease expired, revoked, or the key deleted).
 var ErrKeyGone = errors.New("coordproxy: waiter key is gone")
 
 // View is a queue as a wait condition or a hook sees it: valid only during

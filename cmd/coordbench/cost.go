@@ -135,9 +135,10 @@ series:
 	return sum
 }
 
-// etcdMetric reads one gauge or counter from etcd's /metrics, summed over
-// its series.
-func etcdMetric(ctx context.Context, etcdURL, name string) (float64, error) {
+// etcdWatchers reads etcd's watcher gauge (watcherMetric) from its /metrics,
+// summed over its series.
+func etcdWatchers(ctx context.Context, etcdURL string) (float64, error) {
+	name := watcherMetric
 	fams, err := readMetrics(ctx, etcdURL)
 	if err != nil {
 		return 0, err

@@ -263,7 +263,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			b.policed = pp
 			fmt.Fprintf(stderr, "coordproxy+policy %s\n", pp.addr)
 		}
-		b.watchersAtStart, b.watchersAtStartErr = etcdMetric(ctx, b.etcdURL, watcherMetric)
+		b.watchersAtStart, b.watchersAtStartErr = etcdWatchers(ctx, b.etcdURL)
 		return nil
 	}
 	stopAll := func() {

@@ -22,6 +22,9 @@ func TestMain(m *testing.M) {
 // command must work end to end. Figures are not judged here (the machine may
 // be slow); what the proxy must do regardless of speed is.
 func TestCoordbench_runsEveryScenarioAgainstBoth(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: the benchmark's end-to-end run is in the full suite")
+	}
 	out := filepath.Join(t.TempDir(), "bench.json")
 	var stdout, stderr bytes.Buffer
 	dataDir := filepath.Join(t.TempDir(), "etcd")

@@ -27,7 +27,7 @@ func observeScenario(ctx context.Context, b *bench, t target, scenario string) (
 	defer release()
 	name := []byte(b.unique("observe"))
 	elec := epb.NewElectionClient(clis[0].ActiveConnection())
-	watchers0, werr0 := etcdMetric(ctx, b.etcdURL, watcherMetric)
+	watchers0, werr0 := etcdWatchers(ctx, b.etcdURL)
 	c, err := elec.Campaign(ctx, &epb.CampaignRequest{Name: name, Lease: int64(lease), Value: []byte("0")})
 	if err != nil {
 		return result{}, err
@@ -87,7 +87,7 @@ func observeScenario(ctx context.Context, b *bench, t target, scenario string) (
 		cond.Wait()
 	}
 	mu.Unlock()
-	watchers, werr := etcdMetric(ctx, b.etcdURL, watcherMetric)
+	watchers, werr := etcdWatchers(ctx, b.etcdURL)
 
 	runCtx, cancel := context.WithTimeout(ctx, b.duration)
 	defer cancel()

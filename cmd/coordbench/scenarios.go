@@ -268,7 +268,7 @@ func (b *bench) settleWatchers(ctx context.Context, scenario string, t target) {
 	}
 	deadline := time.Now().Add(45 * time.Second)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		n, err := etcdMetric(ctx, b.etcdURL, watcherMetric)
+		n, err := etcdWatchers(ctx, b.etcdURL)
 		if err != nil || n <= b.watchersAtStart {
 			return
 		}
@@ -298,7 +298,7 @@ type footprint struct {
 
 func (b *bench) footprintNow(ctx context.Context) footprint {
 	var f footprint
-	f.watchers, f.watchersErr = etcdMetric(ctx, b.etcdURL, watcherMetric)
+	f.watchers, f.watchersErr = etcdWatchers(ctx, b.etcdURL)
 	if v, err := b.etcdRSS(); err == nil {
 		f.etcdRSS = v
 	}

@@ -171,8 +171,8 @@ func memStats(ctx context.Context, addr string) (map[string]int64, error) {
 			continue
 		}
 		if name == "Stack" { // "# Stack = StackInuse / StackSys"
-			name, val, _ = strings.Cut(val, " / ")
-			name, val = "StackInuse", name
+			inuse, _, _ := strings.Cut(val, " / ")
+			name, val = "StackInuse", inuse
 		}
 		if n, err := strconv.ParseInt(val, 10, 64); err == nil {
 			m[name] = n

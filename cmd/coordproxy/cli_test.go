@@ -163,7 +163,7 @@ func TestLockCommand_excludesOtherProcessesAndConcurrencyMutex(t *testing.T) {
 				err = m.Unlock(ctx)
 			}
 			if err != nil {
-				errc <- fmt.Errorf("%v: %s", err, out)
+				errc <- fmt.Errorf("%w: %s", err, out)
 				return
 			}
 		}
@@ -238,7 +238,9 @@ func TestLockCommand_tryWaitingAndSignals(t *testing.T) {
 	})
 
 	t.Run("a lost lease stops CMD", func(t *testing.T) {
-		r := startCLI(t, addr, "lock", "--ttl", "30", "sig", "--", "sh", "-c",
+		// A short TTL: the revoke is learned at the next keep-alive, a
+		// third of it later.
+		r := startCLI(t, addr, "lock", "--ttl", "3", "sig", "--", "sh", "-c",
 			`echo "$COORDPROXY_LEASE"; trap 'exit 0' TERM; while :; do sleep 0.1; done`)
 		r.waitOutput(t, "\n", r.stdout)
 		lease, err := strconv.ParseInt(strings.TrimSpace(r.stdout.String()), 16, 64)

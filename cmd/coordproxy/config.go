@@ -97,7 +97,7 @@ func parseConfig(args []string, usage io.Writer) (Config, error) {
 func envError(err error) error {
 	var pe *envconfig.ParseError
 	if errors.As(err, &pe) {
-		return fmt.Errorf("invalid %s=%q: %v", pe.KeyName, pe.Value, pe.Err)
+		return fmt.Errorf("invalid %s=%q: %w", pe.KeyName, pe.Value, pe.Err)
 	}
 	return err
 }
@@ -290,7 +290,7 @@ func (c Config) etcdPassword() (string, error) {
 			if errors.As(err, &pe) {
 				err = pe.Err
 			}
-			return "", fmt.Errorf("invalid --etcd-password-file %q: %v", c.EtcdPasswordFile, err)
+			return "", fmt.Errorf("invalid --etcd-password-file %q: %w", c.EtcdPasswordFile, err)
 		}
 		password = string(b)
 		if p, ok := strings.CutSuffix(password, "\n"); ok {
@@ -314,10 +314,10 @@ func fileError(err error) error {
 	var fe *proxy.FileError
 	if errors.As(err, &fe) {
 		if f, ok := reflect.TypeOf(Config{}).FieldByName(fe.Field); ok {
-			return fmt.Errorf("invalid --%s %q: %v", f.Tag.Get("flag"), fe.Path, fe.Err)
+			return fmt.Errorf("invalid --%s %q: %w", f.Tag.Get("flag"), fe.Path, fe.Err)
 		}
 	}
-	return fmt.Errorf("invalid TLS configuration: %v", err)
+	return fmt.Errorf("invalid TLS configuration: %w", err)
 }
 
 func parseEndpoints(s string) ([]string, error) {
@@ -348,7 +348,7 @@ func parseEndpoints(s string) ([]string, error) {
 
 func checkListen(addr string) error {
 	if err := checkHostPort(addr); err != nil {
-		return fmt.Errorf("invalid --listen %q: %v", addr, err)
+		return fmt.Errorf("invalid --listen %q: %w", addr, err)
 	}
 	return nil
 }

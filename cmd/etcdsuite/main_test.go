@@ -13,6 +13,9 @@ import (
 // with every client behind a coordproxy. The rest runs with
 // `go run ./cmd/etcdsuite` (docs/etcd-suites.md).
 func TestEtcdSuites_fastPartPassesThroughCoordproxy(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: etcd's suites run in the full suite")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	var out, log bytes.Buffer

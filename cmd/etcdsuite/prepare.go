@@ -117,7 +117,7 @@ func prepare(ctx context.Context, repo, version, work string, log io.Writer) (st
 	cmd := exec.CommandContext(ctx, goTool(), edit...)
 	cmd.Dir = mod
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go mod edit: %v\n%s", err, out)
+		return "", fmt.Errorf("go mod edit: %w\n%s", err, out)
 	}
 	// Both modules' sums: what the two together select is in one of them.
 	ours, err := os.ReadFile(filepath.Join(repo, "go.sum"))

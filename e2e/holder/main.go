@@ -104,6 +104,9 @@ func holder(kind, name string, addrs []string, ttlArg, stamps, everyArg, windowA
 	}
 }
 
+// ticker writes stamps until it is killed; it returns only on failure.
+//
+//nolint:unparam // the exit code of a failure, for main
 func ticker(stamps string, parent bool) int {
 	if parent {
 		if err := exec.Command(os.Args[0], "-ticker-child", stamps+".child").Start(); err != nil {

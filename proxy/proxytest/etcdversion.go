@@ -41,7 +41,7 @@ func EtcdBinary(t testing.TB, version string) string {
 		cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, ".")
 		cmd.Dir = filepath.Join(root, "e2e", "etcd-v"+version)
 		if out, err := cmd.CombinedOutput(); err != nil {
-			return "", fmt.Errorf("building etcd %s in %s: %v\n%s", version, cmd.Dir, err, out)
+			return "", fmt.Errorf("building etcd %s in %s: %w\n%s", version, cmd.Dir, err, out)
 		}
 		return bin, nil
 	}))

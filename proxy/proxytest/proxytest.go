@@ -57,13 +57,21 @@ func StartEtcdWith(t testing.TB, opts proxy.EmbedOptions) *proxy.EmbeddedEtcd {
 // Unless cfg says etcdio.BatchOff, its transactions go to etcd nested even alone
 // (etcdio.BatchAlways), so that the conformance, mixed-fleet and fencing
 // tests meet etcd's nested-transaction semantics on every path; the
-// binaries' default (batching only what queued) runs in e2e and coordbench.
+// binaries' default (batching only what queued) runs in e2e, coordbench and
+// through StartProxyAsShipped.
 func StartProxy(t testing.TB, endpoints []string, cfg proxy.Config) *proxy.Server {
 	t.Helper()
-	cfg.Endpoints = endpoints
 	if cfg.EtcdBatching == etcdio.BatchConcurrent {
 		cfg.EtcdBatching = etcdio.BatchAlways
 	}
+	return StartProxyAsShipped(t, endpoints, cfg)
+}
+
+// StartProxyAsShipped is StartProxy with cfg's batching as it is: zero is
+// the production default, batching only the transactions that queued.
+func StartProxyAsShipped(t testing.TB, endpoints []string, cfg proxy.Config) *proxy.Server {
+	t.Helper()
+	cfg.Endpoints = endpoints
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:0"
 	}
