@@ -1,8 +1,9 @@
-// Command coordproxy serves etcd's Lock and Election APIs, its KV, Watch and
-// Lease passed through, and coordproxy.v1 (TryLock, fencing, semaphores,
+// Command coordproxy serves etcd's Lock and Election APIs, its KV, Watch,
+// Lease, Maintenance.Status, Auth.Authenticate and Cluster.MemberList
+// passed through, and coordproxy.v1 (TryLock, fencing, semaphores,
 // read/write locks, sessions) in front of an etcd cluster; with no
 // endpoints it starts a real embedded etcd (dev mode). It is also the
-// lock, elect and describe client commands.
+// lock, elect and describe client commands, and probe.
 package main
 
 import (
