@@ -7,3 +7,15 @@ func EndDrainDelay(s *Server) {
 	close(s.drain.end)
 	<-s.drain.refusing
 }
+
+// ServedServices is what s serves, by gRPC service name.
+func ServedServices(s *Server) []string { return servedServices(s.grpc) }
+
+// GatewayServices is what the JSON gateway serves, by gRPC service name.
+func GatewayServices() []string {
+	var names []string
+	for _, g := range gatewayServices {
+		names = append(names, g.name)
+	}
+	return names
+}

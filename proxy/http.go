@@ -13,6 +13,7 @@ import (
 	"time"
 
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
+	coordproxyv1gw "github.com/coordproxy/coordproxy/proto/coordproxy/v1/gateway"
 	gw "github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/tmc/grpc-websocket-proxy/wsproxy"
@@ -30,6 +31,28 @@ import (
 // ReadyTimeout bounds the etcd read behind /readyz.
 const ReadyTimeout = 2 * time.Second
 
+// gatewayServices are the services the JSON gateway serves, by their gRPC
+// names: every served one but coordproxy.v1.SessionService, whose
+// heartbeats need a gRPC stream both ways. The README lists them
+// (readme_test.go, which also checks each name is a served service).
+var gatewayServices = []struct {
+	name     string
+	register func(context.Context, *gw.ServeMux, *grpc.ClientConn) error
+}{
+	{"etcdserverpb.KV", etcdservergw.RegisterKVHandler},
+	{"etcdserverpb.Watch", etcdservergw.RegisterWatchHandler},
+	{"etcdserverpb.Lease", etcdservergw.RegisterLeaseHandler},
+	{"etcdserverpb.Maintenance", etcdservergw.RegisterMaintenanceHandler},
+	{"etcdserverpb.Auth", etcdservergw.RegisterAuthHandler},
+	{"etcdserverpb.Cluster", etcdservergw.RegisterClusterHandler},
+	{"v3lockpb.Lock", v3lockgw.RegisterLockHandler},
+	{"v3electionpb.Election", v3electiongw.RegisterElectionHandler},
+	{coordproxyv1.LockService_ServiceDesc.ServiceName, coordproxyv1gw.RegisterLockServiceHandler},
+	{coordproxyv1.SemaphoreService_ServiceDesc.ServiceName, coordproxyv1gw.RegisterSemaphoreServiceHandler},
+	{coordproxyv1.RWLockService_ServiceDesc.ServiceName, coordproxyv1gw.RegisterRWLockServiceHandler},
+	{coordproxyv1.ElectionService_ServiceDesc.ServiceName, coordproxyv1gw.RegisterElectionServiceHandler},
+}
+
 // newGateway returns etcd's JSON gateway for the services the proxy serves,
 // built as etcd builds its own (embed/serve.go): etcd's generated handlers,
 // the same marshaler options (proto field names, int64 as strings), and
@@ -45,21 +68,8 @@ func newGateway(ctx context.Context, conn *grpc.ClientConn, log *slog.Logger) (h
 			},
 		),
 	)
-	for _, register := range []func(context.Context, *gw.ServeMux, *grpc.ClientConn) error{
-		etcdservergw.RegisterKVHandler,
-		etcdservergw.RegisterWatchHandler,
-		etcdservergw.RegisterLeaseHandler,
-		etcdservergw.RegisterMaintenanceHandler,
-		etcdservergw.RegisterAuthHandler,
-		etcdservergw.RegisterClusterHandler,
-		v3lockgw.RegisterLockHandler,
-		v3electiongw.RegisterElectionHandler,
-		coordproxyv1.RegisterLockServiceHandler,
-		coordproxyv1.RegisterSemaphoreServiceHandler,
-		coordproxyv1.RegisterRWLockServiceHandler,
-		coordproxyv1.RegisterElectionServiceHandler,
-	} {
-		if err := register(ctx, gwmux, conn); err != nil {
+	for _, svc := range gatewayServices {
+		if err := svc.register(ctx, gwmux, conn); err != nil {
 			return nil, err
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -91,15 +92,19 @@ type member struct {
 	registered <-chan struct{}    // closed when it has ended
 }
 
-// Services the proxy serves, by their gRPC names; grpc.health.v1 reports
-// each of them and "" for the whole server.
-var servedServices = []string{
-	"v3lockpb.Lock", "v3electionpb.Election",
-	"etcdserverpb.KV", "etcdserverpb.Watch", "etcdserverpb.Lease", "etcdserverpb.Maintenance", "etcdserverpb.Auth",
-	"etcdserverpb.Cluster",
-	coordproxyv1.LockService_ServiceDesc.ServiceName, coordproxyv1.SemaphoreService_ServiceDesc.ServiceName,
-	coordproxyv1.RWLockService_ServiceDesc.ServiceName, coordproxyv1.ElectionService_ServiceDesc.ServiceName,
-	coordproxyv1.SessionService_ServiceDesc.ServiceName,
+// servedServices are the services registered on srv, by their gRPC names,
+// sorted, without gRPC's own (health, reflection): what the proxy serves.
+// grpc.health.v1 reports each of them and "" for the whole server; the
+// README lists them (readme_test.go).
+func servedServices(srv *grpc.Server) []string {
+	var names []string
+	for name := range srv.GetServiceInfo() {
+		if !strings.HasPrefix(name, "grpc.") {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	return names
 }
 
 // New returns a Server for cfg, its zero fields taken from DefaultConfig;
@@ -275,7 +280,7 @@ func (s *Server) newGRPC() error {
 	coordproxyv1.RegisterElectionServiceServer(s.grpc, electionproxy.NewElections(g, e, l0))
 	coordproxyv1.RegisterSessionServiceServer(s.grpc, session.New(e, s.log, session.NewMetrics(s.cfg.Registry), session.Config{LockDelay: s.cfg.SessionLockDelay}))
 	s.health = health.NewServer()
-	for _, svc := range append([]string{""}, servedServices...) {
+	for _, svc := range append([]string{""}, servedServices(s.grpc)...) {
 		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
 	}
 	healthpb.RegisterHealthServer(s.grpc, s.health)
@@ -355,7 +360,7 @@ func (s *Server) serve() {
 	}
 	s.log.Info("serving etcd Lock, Election, KV, Watch, Lease, Maintenance.Status, Auth.Authenticate and Cluster.MemberList and coordproxy.v1's services over gRPC and JSON, /healthz, /readyz, /metrics",
 		"listen", s.lis.Addr().String(), "advertise_client_urls", strings.Join(s.member.self.ClientURLs, ","),
-		"tls", tlsMode(s.serverTLS), "etcd", s.endpoints, "services", strings.Join(servedServices, ","))
+		"tls", tlsMode(s.serverTLS), "etcd", s.endpoints, "services", strings.Join(servedServices(s.grpc), ","))
 }
 
 // advertised is this replica as MemberList lists it: the advertised client

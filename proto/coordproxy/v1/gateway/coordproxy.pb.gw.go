@@ -14,6 +14,7 @@ import (
 	"io"
 	"net/http"
 
+	extCoordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/utilities"
 	"google.golang.org/grpc"
@@ -35,9 +36,9 @@ var (
 	_ = metadata.Join
 )
 
-func request_LockService_TryLock_0(ctx context.Context, marshaler runtime.Marshaler, client LockServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_LockService_TryLock_0(ctx context.Context, marshaler runtime.Marshaler, client extCoordproxyv1.LockServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq LockRequest
+		protoReq extCoordproxyv1.LockRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -50,9 +51,9 @@ func request_LockService_TryLock_0(ctx context.Context, marshaler runtime.Marsha
 	return msg, metadata, err
 }
 
-func local_request_LockService_TryLock_0(ctx context.Context, marshaler runtime.Marshaler, server LockServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_LockService_TryLock_0(ctx context.Context, marshaler runtime.Marshaler, server extCoordproxyv1.LockServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq LockRequest
+		protoReq extCoordproxyv1.LockRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -62,9 +63,9 @@ func local_request_LockService_TryLock_0(ctx context.Context, marshaler runtime.
 	return msg, metadata, err
 }
 
-func request_LockService_Lock_0(ctx context.Context, marshaler runtime.Marshaler, client LockServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_LockService_Lock_0(ctx context.Context, marshaler runtime.Marshaler, client extCoordproxyv1.LockServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq LockRequest
+		protoReq extCoordproxyv1.LockRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -77,9 +78,9 @@ func request_LockService_Lock_0(ctx context.Context, marshaler runtime.Marshaler
 	return msg, metadata, err
 }
 
-func local_request_LockService_Lock_0(ctx context.Context, marshaler runtime.Marshaler, server LockServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_LockService_Lock_0(ctx context.Context, marshaler runtime.Marshaler, server extCoordproxyv1.LockServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq LockRequest
+		protoReq extCoordproxyv1.LockRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -89,9 +90,9 @@ func local_request_LockService_Lock_0(ctx context.Context, marshaler runtime.Mar
 	return msg, metadata, err
 }
 
-func request_LockService_Unlock_0(ctx context.Context, marshaler runtime.Marshaler, client LockServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_LockService_Unlock_0(ctx context.Context, marshaler runtime.Marshaler, client extCoordproxyv1.LockServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq UnlockRequest
+		protoReq extCoordproxyv1.UnlockRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -104,9 +105,9 @@ func request_LockService_Unlock_0(ctx context.Context, marshaler runtime.Marshal
 	return msg, metadata, err
 }
 
-func local_request_LockService_Unlock_0(ctx context.Context, marshaler runtime.Marshaler, server LockServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_LockService_Unlock_0(ctx context.Context, marshaler runtime.Marshaler, server extCoordproxyv1.LockServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq UnlockRequest
+		protoReq extCoordproxyv1.UnlockRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -116,9 +117,9 @@ func local_request_LockService_Unlock_0(ctx context.Context, marshaler runtime.M
 	return msg, metadata, err
 }
 
-func request_LockService_Describe_0(ctx context.Context, marshaler runtime.Marshaler, client LockServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_LockService_Describe_0(ctx context.Context, marshaler runtime.Marshaler, client extCoordproxyv1.LockServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq DescribeRequest
+		protoReq extCoordproxyv1.DescribeRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -131,9 +132,9 @@ func request_LockService_Describe_0(ctx context.Context, marshaler runtime.Marsh
 	return msg, metadata, err
 }
 
-func local_request_LockService_Describe_0(ctx context.Context, marshaler runtime.Marshaler, server LockServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_LockService_Describe_0(ctx context.Context, marshaler runtime.Marshaler, server extCoordproxyv1.LockServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq DescribeRequest
+		protoReq extCoordproxyv1.DescribeRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -143,9 +144,9 @@ func local_request_LockService_Describe_0(ctx context.Context, marshaler runtime
 	return msg, metadata, err
 }
 
-func request_SemaphoreService_Acquire_0(ctx context.Context, marshaler runtime.Marshaler, client SemaphoreServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_SemaphoreService_Acquire_0(ctx context.Context, marshaler runtime.Marshaler, client extCoordproxyv1.SemaphoreServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq AcquireRequest
+		protoReq extCoordproxyv1.AcquireRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -158,9 +159,9 @@ func request_SemaphoreService_Acquire_0(ctx context.Context, marshaler runtime.M
 	return msg, metadata, err
 }
 
-func local_request_SemaphoreService_Acquire_0(ctx context.Context, marshaler runtime.Marshaler, server SemaphoreServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_SemaphoreService_Acquire_0(ctx context.Context, marshaler runtime.Marshaler, server extCoordproxyv1.SemaphoreServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq AcquireRequest
+		protoReq extCoordproxyv1.AcquireRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -170,9 +171,9 @@ func local_request_SemaphoreService_Acquire_0(ctx context.Context, marshaler run
 	return msg, metadata, err
 }
 
-func request_SemaphoreService_Release_0(ctx context.Context, marshaler runtime.Marshaler, client SemaphoreServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_SemaphoreService_Release_0(ctx context.Context, marshaler runtime.Marshaler, client extCoordproxyv1.SemaphoreServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq ReleaseRequest
+		protoReq extCoordproxyv1.ReleaseRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -185,9 +186,9 @@ func request_SemaphoreService_Release_0(ctx context.Context, marshaler runtime.M
 	return msg, metadata, err
 }
 
-func local_request_SemaphoreService_Release_0(ctx context.Context, marshaler runtime.Marshaler, server SemaphoreServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_SemaphoreService_Release_0(ctx context.Context, marshaler runtime.Marshaler, server extCoordproxyv1.SemaphoreServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq ReleaseRequest
+		protoReq extCoordproxyv1.ReleaseRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -197,9 +198,9 @@ func local_request_SemaphoreService_Release_0(ctx context.Context, marshaler run
 	return msg, metadata, err
 }
 
-func request_SemaphoreService_Describe_0(ctx context.Context, marshaler runtime.Marshaler, client SemaphoreServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_SemaphoreService_Describe_0(ctx context.Context, marshaler runtime.Marshaler, client extCoordproxyv1.SemaphoreServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq DescribeRequest
+		protoReq extCoordproxyv1.DescribeRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -212,9 +213,9 @@ func request_SemaphoreService_Describe_0(ctx context.Context, marshaler runtime.
 	return msg, metadata, err
 }
 
-func local_request_SemaphoreService_Describe_0(ctx context.Context, marshaler runtime.Marshaler, server SemaphoreServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_SemaphoreService_Describe_0(ctx context.Context, marshaler runtime.Marshaler, server extCoordproxyv1.SemaphoreServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq DescribeRequest
+		protoReq extCoordproxyv1.DescribeRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -224,9 +225,9 @@ func local_request_SemaphoreService_Describe_0(ctx context.Context, marshaler ru
 	return msg, metadata, err
 }
 
-func request_RWLockService_RLock_0(ctx context.Context, marshaler runtime.Marshaler, client RWLockServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_RWLockService_RLock_0(ctx context.Context, marshaler runtime.Marshaler, client extCoordproxyv1.RWLockServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq RWLockRequest
+		protoReq extCoordproxyv1.RWLockRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -239,9 +240,9 @@ func request_RWLockService_RLock_0(ctx context.Context, marshaler runtime.Marsha
 	return msg, metadata, err
 }
 
-func local_request_RWLockService_RLock_0(ctx context.Context, marshaler runtime.Marshaler, server RWLockServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_RWLockService_RLock_0(ctx context.Context, marshaler runtime.Marshaler, server extCoordproxyv1.RWLockServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq RWLockRequest
+		protoReq extCoordproxyv1.RWLockRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -251,9 +252,9 @@ func local_request_RWLockService_RLock_0(ctx context.Context, marshaler runtime.
 	return msg, metadata, err
 }
 
-func request_RWLockService_WLock_0(ctx context.Context, marshaler runtime.Marshaler, client RWLockServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_RWLockService_WLock_0(ctx context.Context, marshaler runtime.Marshaler, client extCoordproxyv1.RWLockServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq RWLockRequest
+		protoReq extCoordproxyv1.RWLockRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -266,9 +267,9 @@ func request_RWLockService_WLock_0(ctx context.Context, marshaler runtime.Marsha
 	return msg, metadata, err
 }
 
-func local_request_RWLockService_WLock_0(ctx context.Context, marshaler runtime.Marshaler, server RWLockServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_RWLockService_WLock_0(ctx context.Context, marshaler runtime.Marshaler, server extCoordproxyv1.RWLockServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq RWLockRequest
+		protoReq extCoordproxyv1.RWLockRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -278,9 +279,9 @@ func local_request_RWLockService_WLock_0(ctx context.Context, marshaler runtime.
 	return msg, metadata, err
 }
 
-func request_RWLockService_Unlock_0(ctx context.Context, marshaler runtime.Marshaler, client RWLockServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_RWLockService_Unlock_0(ctx context.Context, marshaler runtime.Marshaler, client extCoordproxyv1.RWLockServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq UnlockRequest
+		protoReq extCoordproxyv1.UnlockRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -293,9 +294,9 @@ func request_RWLockService_Unlock_0(ctx context.Context, marshaler runtime.Marsh
 	return msg, metadata, err
 }
 
-func local_request_RWLockService_Unlock_0(ctx context.Context, marshaler runtime.Marshaler, server RWLockServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_RWLockService_Unlock_0(ctx context.Context, marshaler runtime.Marshaler, server extCoordproxyv1.RWLockServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq UnlockRequest
+		protoReq extCoordproxyv1.UnlockRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -305,9 +306,9 @@ func local_request_RWLockService_Unlock_0(ctx context.Context, marshaler runtime
 	return msg, metadata, err
 }
 
-func request_ElectionService_Describe_0(ctx context.Context, marshaler runtime.Marshaler, client ElectionServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func request_ElectionService_Describe_0(ctx context.Context, marshaler runtime.Marshaler, client extCoordproxyv1.ElectionServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq DescribeRequest
+		protoReq extCoordproxyv1.DescribeRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -320,9 +321,9 @@ func request_ElectionService_Describe_0(ctx context.Context, marshaler runtime.M
 	return msg, metadata, err
 }
 
-func local_request_ElectionService_Describe_0(ctx context.Context, marshaler runtime.Marshaler, server ElectionServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+func local_request_ElectionService_Describe_0(ctx context.Context, marshaler runtime.Marshaler, server extCoordproxyv1.ElectionServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
-		protoReq DescribeRequest
+		protoReq extCoordproxyv1.DescribeRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -332,9 +333,9 @@ func local_request_ElectionService_Describe_0(ctx context.Context, marshaler run
 	return msg, metadata, err
 }
 
-func request_ElectionService_Observe_0(ctx context.Context, marshaler runtime.Marshaler, client ElectionServiceClient, req *http.Request, pathParams map[string]string) (ElectionService_ObserveClient, runtime.ServerMetadata, error) {
+func request_ElectionService_Observe_0(ctx context.Context, marshaler runtime.Marshaler, client extCoordproxyv1.ElectionServiceClient, req *http.Request, pathParams map[string]string) (extCoordproxyv1.ElectionService_ObserveClient, runtime.ServerMetadata, error) {
 	var (
-		protoReq ObserveRequest
+		protoReq extCoordproxyv1.ObserveRequest
 		metadata runtime.ServerMetadata
 	)
 	if err := marshaler.NewDecoder(req.Body).Decode(&protoReq); err != nil && !errors.Is(err, io.EOF) {
@@ -360,7 +361,7 @@ func request_ElectionService_Observe_0(ctx context.Context, marshaler runtime.Ma
 // StreamingRPC :currently unsupported pending https://github.com/grpc/grpc-go/issues/906.
 // Note that using this registration option will cause many gRPC library features to stop working. Consider using RegisterLockServiceHandlerFromEndpoint instead.
 // GRPC interceptors will not work for this type of registration. To use interceptors, you must use the "runtime.WithMiddlewares" option in the "runtime.NewServeMux" call.
-func RegisterLockServiceHandlerServer(ctx context.Context, mux *runtime.ServeMux, server LockServiceServer) error {
+func RegisterLockServiceHandlerServer(ctx context.Context, mux *runtime.ServeMux, server extCoordproxyv1.LockServiceServer) error {
 	mux.Handle(http.MethodPost, pattern_LockService_TryLock_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -450,7 +451,7 @@ func RegisterLockServiceHandlerServer(ctx context.Context, mux *runtime.ServeMux
 // StreamingRPC :currently unsupported pending https://github.com/grpc/grpc-go/issues/906.
 // Note that using this registration option will cause many gRPC library features to stop working. Consider using RegisterSemaphoreServiceHandlerFromEndpoint instead.
 // GRPC interceptors will not work for this type of registration. To use interceptors, you must use the "runtime.WithMiddlewares" option in the "runtime.NewServeMux" call.
-func RegisterSemaphoreServiceHandlerServer(ctx context.Context, mux *runtime.ServeMux, server SemaphoreServiceServer) error {
+func RegisterSemaphoreServiceHandlerServer(ctx context.Context, mux *runtime.ServeMux, server extCoordproxyv1.SemaphoreServiceServer) error {
 	mux.Handle(http.MethodPost, pattern_SemaphoreService_Acquire_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -520,7 +521,7 @@ func RegisterSemaphoreServiceHandlerServer(ctx context.Context, mux *runtime.Ser
 // StreamingRPC :currently unsupported pending https://github.com/grpc/grpc-go/issues/906.
 // Note that using this registration option will cause many gRPC library features to stop working. Consider using RegisterRWLockServiceHandlerFromEndpoint instead.
 // GRPC interceptors will not work for this type of registration. To use interceptors, you must use the "runtime.WithMiddlewares" option in the "runtime.NewServeMux" call.
-func RegisterRWLockServiceHandlerServer(ctx context.Context, mux *runtime.ServeMux, server RWLockServiceServer) error {
+func RegisterRWLockServiceHandlerServer(ctx context.Context, mux *runtime.ServeMux, server extCoordproxyv1.RWLockServiceServer) error {
 	mux.Handle(http.MethodPost, pattern_RWLockService_RLock_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -590,7 +591,7 @@ func RegisterRWLockServiceHandlerServer(ctx context.Context, mux *runtime.ServeM
 // StreamingRPC :currently unsupported pending https://github.com/grpc/grpc-go/issues/906.
 // Note that using this registration option will cause many gRPC library features to stop working. Consider using RegisterElectionServiceHandlerFromEndpoint instead.
 // GRPC interceptors will not work for this type of registration. To use interceptors, you must use the "runtime.WithMiddlewares" option in the "runtime.NewServeMux" call.
-func RegisterElectionServiceHandlerServer(ctx context.Context, mux *runtime.ServeMux, server ElectionServiceServer) error {
+func RegisterElectionServiceHandlerServer(ctx context.Context, mux *runtime.ServeMux, server extCoordproxyv1.ElectionServiceServer) error {
 	mux.Handle(http.MethodPost, pattern_ElectionService_Describe_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -649,15 +650,15 @@ func RegisterLockServiceHandlerFromEndpoint(ctx context.Context, mux *runtime.Se
 // RegisterLockServiceHandler registers the http handlers for service LockService to "mux".
 // The handlers forward requests to the grpc endpoint over "conn".
 func RegisterLockServiceHandler(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
-	return RegisterLockServiceHandlerClient(ctx, mux, NewLockServiceClient(conn))
+	return RegisterLockServiceHandlerClient(ctx, mux, extCoordproxyv1.NewLockServiceClient(conn))
 }
 
 // RegisterLockServiceHandlerClient registers the http handlers for service LockService
-// to "mux". The handlers forward requests to the grpc endpoint over the given implementation of "LockServiceClient".
-// Note: the gRPC framework executes interceptors within the gRPC handler. If the passed in "LockServiceClient"
+// to "mux". The handlers forward requests to the grpc endpoint over the given implementation of "extCoordproxyv1.LockServiceClient".
+// Note: the gRPC framework executes interceptors within the gRPC handler. If the passed in "extCoordproxyv1.LockServiceClient"
 // doesn't go through the normal gRPC flow (creating a gRPC client etc.) then it will be up to the passed in
-// "LockServiceClient" to call the correct interceptors. This client ignores the HTTP middlewares.
-func RegisterLockServiceHandlerClient(ctx context.Context, mux *runtime.ServeMux, client LockServiceClient) error {
+// "extCoordproxyv1.LockServiceClient" to call the correct interceptors. This client ignores the HTTP middlewares.
+func RegisterLockServiceHandlerClient(ctx context.Context, mux *runtime.ServeMux, client extCoordproxyv1.LockServiceClient) error {
 	mux.Handle(http.MethodPost, pattern_LockService_TryLock_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -770,15 +771,15 @@ func RegisterSemaphoreServiceHandlerFromEndpoint(ctx context.Context, mux *runti
 // RegisterSemaphoreServiceHandler registers the http handlers for service SemaphoreService to "mux".
 // The handlers forward requests to the grpc endpoint over "conn".
 func RegisterSemaphoreServiceHandler(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
-	return RegisterSemaphoreServiceHandlerClient(ctx, mux, NewSemaphoreServiceClient(conn))
+	return RegisterSemaphoreServiceHandlerClient(ctx, mux, extCoordproxyv1.NewSemaphoreServiceClient(conn))
 }
 
 // RegisterSemaphoreServiceHandlerClient registers the http handlers for service SemaphoreService
-// to "mux". The handlers forward requests to the grpc endpoint over the given implementation of "SemaphoreServiceClient".
-// Note: the gRPC framework executes interceptors within the gRPC handler. If the passed in "SemaphoreServiceClient"
+// to "mux". The handlers forward requests to the grpc endpoint over the given implementation of "extCoordproxyv1.SemaphoreServiceClient".
+// Note: the gRPC framework executes interceptors within the gRPC handler. If the passed in "extCoordproxyv1.SemaphoreServiceClient"
 // doesn't go through the normal gRPC flow (creating a gRPC client etc.) then it will be up to the passed in
-// "SemaphoreServiceClient" to call the correct interceptors. This client ignores the HTTP middlewares.
-func RegisterSemaphoreServiceHandlerClient(ctx context.Context, mux *runtime.ServeMux, client SemaphoreServiceClient) error {
+// "extCoordproxyv1.SemaphoreServiceClient" to call the correct interceptors. This client ignores the HTTP middlewares.
+func RegisterSemaphoreServiceHandlerClient(ctx context.Context, mux *runtime.ServeMux, client extCoordproxyv1.SemaphoreServiceClient) error {
 	mux.Handle(http.MethodPost, pattern_SemaphoreService_Acquire_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -872,15 +873,15 @@ func RegisterRWLockServiceHandlerFromEndpoint(ctx context.Context, mux *runtime.
 // RegisterRWLockServiceHandler registers the http handlers for service RWLockService to "mux".
 // The handlers forward requests to the grpc endpoint over "conn".
 func RegisterRWLockServiceHandler(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
-	return RegisterRWLockServiceHandlerClient(ctx, mux, NewRWLockServiceClient(conn))
+	return RegisterRWLockServiceHandlerClient(ctx, mux, extCoordproxyv1.NewRWLockServiceClient(conn))
 }
 
 // RegisterRWLockServiceHandlerClient registers the http handlers for service RWLockService
-// to "mux". The handlers forward requests to the grpc endpoint over the given implementation of "RWLockServiceClient".
-// Note: the gRPC framework executes interceptors within the gRPC handler. If the passed in "RWLockServiceClient"
+// to "mux". The handlers forward requests to the grpc endpoint over the given implementation of "extCoordproxyv1.RWLockServiceClient".
+// Note: the gRPC framework executes interceptors within the gRPC handler. If the passed in "extCoordproxyv1.RWLockServiceClient"
 // doesn't go through the normal gRPC flow (creating a gRPC client etc.) then it will be up to the passed in
-// "RWLockServiceClient" to call the correct interceptors. This client ignores the HTTP middlewares.
-func RegisterRWLockServiceHandlerClient(ctx context.Context, mux *runtime.ServeMux, client RWLockServiceClient) error {
+// "extCoordproxyv1.RWLockServiceClient" to call the correct interceptors. This client ignores the HTTP middlewares.
+func RegisterRWLockServiceHandlerClient(ctx context.Context, mux *runtime.ServeMux, client extCoordproxyv1.RWLockServiceClient) error {
 	mux.Handle(http.MethodPost, pattern_RWLockService_RLock_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -974,15 +975,15 @@ func RegisterElectionServiceHandlerFromEndpoint(ctx context.Context, mux *runtim
 // RegisterElectionServiceHandler registers the http handlers for service ElectionService to "mux".
 // The handlers forward requests to the grpc endpoint over "conn".
 func RegisterElectionServiceHandler(ctx context.Context, mux *runtime.ServeMux, conn *grpc.ClientConn) error {
-	return RegisterElectionServiceHandlerClient(ctx, mux, NewElectionServiceClient(conn))
+	return RegisterElectionServiceHandlerClient(ctx, mux, extCoordproxyv1.NewElectionServiceClient(conn))
 }
 
 // RegisterElectionServiceHandlerClient registers the http handlers for service ElectionService
-// to "mux". The handlers forward requests to the grpc endpoint over the given implementation of "ElectionServiceClient".
-// Note: the gRPC framework executes interceptors within the gRPC handler. If the passed in "ElectionServiceClient"
+// to "mux". The handlers forward requests to the grpc endpoint over the given implementation of "extCoordproxyv1.ElectionServiceClient".
+// Note: the gRPC framework executes interceptors within the gRPC handler. If the passed in "extCoordproxyv1.ElectionServiceClient"
 // doesn't go through the normal gRPC flow (creating a gRPC client etc.) then it will be up to the passed in
-// "ElectionServiceClient" to call the correct interceptors. This client ignores the HTTP middlewares.
-func RegisterElectionServiceHandlerClient(ctx context.Context, mux *runtime.ServeMux, client ElectionServiceClient) error {
+// "extCoordproxyv1.ElectionServiceClient" to call the correct interceptors. This client ignores the HTTP middlewares.
+func RegisterElectionServiceHandlerClient(ctx context.Context, mux *runtime.ServeMux, client extCoordproxyv1.ElectionServiceClient) error {
 	mux.Handle(http.MethodPost, pattern_ElectionService_Describe_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
