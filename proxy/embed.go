@@ -43,6 +43,12 @@ type EmbedOptions struct {
 	// MaxRequestBytes is etcd's --max-request-bytes (0: etcd's default). In
 	// dev mode the proxy's own limit (Config.MaxRequestBytes).
 	MaxRequestBytes uint
+	// TickMs and ElectionMs are etcd's --heartbeat-interval and
+	// --election-timeout (0: etcd's 100 and 1000). A single member elects
+	// itself after about one tick plus the ticks it must wait out; tests use
+	// 10 and 100, which start it in tens of milliseconds instead of most of
+	// a second (the minimum lease TTL becomes 1 s instead of 2 s).
+	TickMs, ElectionMs uint
 }
 
 // StartEmbeddedEtcd starts etcd with its data in dir (created if missing); an
@@ -99,6 +105,12 @@ func StartEmbeddedEtcd(dir string, opts EmbedOptions) (*EmbeddedEtcd, error) {
 	cfg.UnsafeNoFsync = opts.UnsafeNoFsync
 	if opts.MaxRequestBytes > 0 {
 		cfg.MaxRequestBytes = opts.MaxRequestBytes
+	}
+	if opts.TickMs > 0 {
+		cfg.TickMs = opts.TickMs
+	}
+	if opts.ElectionMs > 0 {
+		cfg.ElectionMs = opts.ElectionMs
 	}
 
 	e, err := embed.StartEtcd(cfg)

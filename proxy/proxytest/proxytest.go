@@ -37,11 +37,15 @@ func StartEtcd(t testing.TB) *proxy.EmbeddedEtcd {
 	return StartEtcdWith(t, proxy.EmbedOptions{})
 }
 
-// StartEtcdWith starts a real single-member etcd with opts (fsync off and
-// error logs only, whatever opts say).
+// StartEtcdWith starts a real single-member etcd with opts (fsync off,
+// error logs only, and raft ticks of 10 ms with a 100 ms election timeout
+// unless opts names others: it starts in tens of milliseconds).
 func StartEtcdWith(t testing.TB, opts proxy.EmbedOptions) *proxy.EmbeddedEtcd {
 	t.Helper()
 	opts.UnsafeNoFsync, opts.LogLevel = true, "error"
+	if opts.TickMs == 0 && opts.ElectionMs == 0 {
+		opts.TickMs, opts.ElectionMs = 10, 100
+	}
 	e, err := proxy.StartEmbeddedEtcd(t.TempDir(), opts)
 	if err != nil {
 		t.Fatalf("start etcd: %v", err)
