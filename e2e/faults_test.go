@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,6 +28,7 @@ type faultEnv struct {
 	c       *cluster
 	proxies []*proxyProc
 	w       *workload
+	extra   map[string]any // fault-specific figures for the report
 }
 
 type fault struct {
@@ -155,8 +157,8 @@ func clientsDisconnect(t *testing.T, e *faultEnv) time.Time {
 	if gone == 0 {
 		t.Fatal("no client was waiting to disconnect")
 	}
-	extra["clients_disconnected"] = gone
-	extra["granted_as_they_went"] = held
+	e.extra["clients_disconnected"] = gone
+	e.extra["granted_as_they_went"] = held
 	return time.Now()
 }
 
@@ -202,14 +204,14 @@ func holderLeaseExpires(t *testing.T, e *faultEnv) time.Time {
 	victim.stopKeepAlive()
 	expired := waitLeaseGone(t, w.kv, victim.lease)
 	waitFor(t, recoveryBound, "new holder after the victim's lease expired", func() bool { return w.lastProgress(name).After(expired) })
-	extra["next_holder_after_expiry_seconds"] = w.lastProgress(name).Sub(expired).Seconds()
+	e.extra["next_holder_after_expiry_seconds"] = w.lastProgress(name).Sub(expired).Seconds()
 	ok, err = w.fenced("rec/", name, victim.id, key, rev, "exit")
 	if ok || err != nil {
 		t.Fatalf("victim's late fenced write: accepted=%v err=%v; want rejected", ok, err)
 	}
 	victim.unlock(key)
 	victim.setInterest("", false)
-	extra["late_write_rejected"] = true
+	e.extra["late_write_rejected"] = true
 	return time.Now()
 }
 
@@ -259,7 +261,7 @@ func waiterLeaseExpires(t *testing.T, e *faultEnv) time.Time {
 	for range 2 {
 		select {
 		case err := <-results:
-			extra["told_after_keepalive_stopped_seconds"] = time.Since(stopped).Seconds()
+			e.extra["told_after_keepalive_stopped_seconds"] = time.Since(stopped).Seconds()
 			if status.Convert(err).Message() != concurrency.ErrSessionExpired.Error() {
 				t.Fatalf("victim ended with %v, want %q", err, concurrency.ErrSessionExpired)
 			}
@@ -280,12 +282,9 @@ func waiterLeaseExpires(t *testing.T, e *faultEnv) time.Time {
 		_, err := blocker.elec.Resign(ctx, &epb.ResignRequest{Leader: lead})
 		return err
 	})
-	extra["victims_told_session_expired"] = 2
+	e.extra["victims_told_session_expired"] = 2
 	return time.Now()
 }
-
-// extra collects fault-specific figures for the report.
-var extra = map[string]any{}
 
 func waitLeaseGone(t *testing.T, kv *clientv3.Client, lease clientv3.LeaseID) time.Time {
 	t.Helper()
@@ -314,11 +313,18 @@ func (w *workload) waitProgress(t *testing.T, since time.Time, bound time.Durati
 	return time.Since(since)
 }
 
+// TestFaults runs each fault on a cluster, proxies and workload of its own,
+// two at a time (the package takes about ten minutes, go test's bound for
+// one test binary, and every bound the cases check holds on a loaded
+// machine).
 func TestFaults(t *testing.T) {
+	var mu sync.Mutex
 	var reports []faultReport
+	t.Cleanup(func() { writeReport(t, "faults", reports) }) // after every case
 	for _, f := range faults {
 		t.Run(f.name, func(t *testing.T) {
-			clear(extra)
+			t.Parallel()
+			extra := map[string]any{}
 			c := startCluster(t, 3)
 			ps := startProxies(t, c, 2)
 			w := newWorkload(t, c, ps, lockNames, electionName)
@@ -326,7 +332,7 @@ func TestFaults(t *testing.T) {
 			w.waitProgress(t, time.Time{}, time.Minute)
 			time.Sleep(2 * time.Second)
 
-			end := f.inject(t, &faultEnv{c: c, proxies: ps, w: w})
+			end := f.inject(t, &faultEnv{c: c, proxies: ps, w: w, extra: extra})
 			w.mark(end)
 			names := append(append([]string(nil), w.names...), w.election)
 			time.Sleep(time.Until(end.Add(ghostGrace)))
@@ -381,10 +387,11 @@ func TestFaults(t *testing.T) {
 			}
 			t.Logf("%s: %d acquisitions, fenced writes %d accepted / %d rejected / %d unknown, %d election records, recovery %.1fs, ghosts %d",
 				f.name, r.Acquisitions, r.FencedAccepted, r.FencedRejected, r.FencedUnknown, r.ElectionRecords, r.RecoverySeconds, r.GhostKeys)
+			mu.Lock()
 			reports = append(reports, r)
+			mu.Unlock()
 		})
 	}
-	writeReport(t, "faults", reports)
 }
 
 // writeReport appends the figures as JSON to $COORDPROXY_E2E_REPORT, if

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -140,6 +141,11 @@ func WaitFor(t testing.TB, bound time.Duration, cond func() (bool, string)) {
 // port 0 take ports, so that between now and the bind only another
 // FreeAddr caller could take it (tests with many processes connecting make
 // a port from the ephemeral range likely to be taken meanwhile).
+//
+// A port it handed out is never handed out again by this process: a test
+// that stops a process and restarts it on the same port (an etcd member
+// killed and restarted) must find it still free although tests running in
+// parallel ask for ports meanwhile.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
 	lo, hi := 10000, ephemeralStart()
@@ -147,10 +153,23 @@ func FreeAddr(t testing.TB) string {
 		if hi-lo < 1000 {
 			break
 		}
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(lo+rand.IntN(hi-lo)))
+		port := lo + rand.IntN(hi-lo)
+		handedOut.Lock()
+		taken := handedOut.ports[port]
+		handedOut.Unlock()
+		if taken {
+			continue
+		}
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 		if l, err := net.Listen("tcp", addr); err == nil {
 			l.Close()
-			return addr
+			handedOut.Lock()
+			taken = handedOut.ports[port]
+			handedOut.ports[port] = true
+			handedOut.Unlock()
+			if !taken {
+				return addr
+			}
 		}
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -160,6 +179,12 @@ func FreeAddr(t testing.TB) string {
 	defer l.Close()
 	return l.Addr().String()
 }
+
+// handedOut is the ports FreeAddr handed out.
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
 
 // ephemeralStart is the first port of the kernel's ephemeral range
 // (Linux's ip_local_port_range; 32768 where it cannot be read).
