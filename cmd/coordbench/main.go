@@ -48,6 +48,9 @@ type scenario struct {
 	// native waiters leave etcd with a gigabyte more and its watch stream
 	// behind too (docs/benchmarks.md, "Native etcd after a scenario").
 	freshEtcd bool
+	// tenants runs the proxy target through a proxy that tells tenants
+	// apart by their client certificates (b.tenants) rather than b.proxy.
+	tenants bool
 }
 
 var scenarios = []scenario{
@@ -80,6 +83,7 @@ var scenarios = []scenario{
 	{id: "waiters", title: "blocked Lock waiters on 1 name", run: waitersScenario, proxyFirst: true, freshEtcd: true},
 	{id: "held", title: "distinct locks held by one lease", run: heldScenario, proxyFirst: true, freshEtcd: true},
 	{id: "sessions", title: "sessions held", run: sessionsScenario, proxyFirst: true, freshEtcd: true},
+	{id: "noisy", title: "noisy neighbour: B's Lock under a 128-client flood", run: noisyScenario, tenants: true},
 }
 
 // bench is one run.
@@ -98,6 +102,8 @@ type bench struct {
 	etcdURL            string
 	etcd, proxy        *child
 	policed            *child // with -policy: a second proxy with a policy in force
+	tenants            *child // for the noisy scenario: a proxy asking for client certificates
+	pki                *tenantPKI
 	progressOut        io.Writer
 	seq                atomic.Int64
 	runID              string
@@ -168,6 +174,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return nil
 	})
 	withPolicy := fs.Bool("policy", false, "also run the timed scenarios through a second proxy with a policy in force that allows them (target coordproxy+policy), to compare what the policy costs allowed calls")
+	etcdCPU := fs.Float64("etcd-cpu", 0, "cap etcd's process at this many CPUs (a cgroup; needs root), so that etcd is the bottleneck, as a shared etcd is; 0: no cap")
 	pin := fs.Bool("pin", false, "the sidecar layout: etcd on CPU 0, coordbench and the proxy on the other CPUs (needs at least 2)")
 	dataDir := fs.String("data-dir", "", "data directory of the etcd coordbench starts, DIR.observe and DIR.waiters those of the etcds it starts afresh for those scenarios (default: a temp dir in /dev/shm if there is one, so that the disk stays out of the figures)")
 	if err := fs.Parse(args); err != nil {
@@ -224,6 +231,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if *memLimit != "" {
 		proxyEnv = append(proxyEnv, "GOMEMLIMIT="+*memLimit)
 	}
+	if slices.ContainsFunc(chosen, func(s scenario) bool { return s.tenants }) {
+		dir, err := os.MkdirTemp("", "coordbench-pki")
+		if err == nil {
+			defer os.RemoveAll(dir)
+			b.pki, err = newTenantPKI(dir, "tenant-a", "tenant-b")
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "coordbench: %v\n", err)
+			return 1
+		}
+	}
+	var uncap []func() // removes the cgroups of -etcd-cpu
 	// start starts coordbench's own etcd (unless pointed at one) and a
 	// proxy in front of it; suffix names the data directory and the CPU
 	// profile of a fresh start.
@@ -241,6 +260,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 				}
 			}
 			fmt.Fprintf(stderr, "etcd %s (data %s)\n", c.addr, dir)
+			if *etcdCPU > 0 {
+				undo, err := capCPU(c.cmd.Process.Pid, *etcdCPU, "coordbench-"+b.runID+suffix)
+				if err != nil {
+					fmt.Fprintf(stderr, "coordbench: -etcd-cpu %g: cannot cap etcd's CPU (%v); it runs uncapped\n", *etcdCPU, err)
+				} else {
+					fmt.Fprintf(stderr, "etcd capped at %g CPU\n", *etcdCPU)
+					uncap = append(uncap, undo)
+				}
+			}
 		}
 		profile := *cpuprofile
 		if profile != "" {
@@ -264,19 +292,28 @@ func run(args []string, stdout, stderr io.Writer) int {
 			b.policed = pp
 			fmt.Fprintf(stderr, "coordproxy+policy %s\n", pp.addr)
 		}
+		if b.pki != nil {
+			tp, err := startChild(append(slices.Clip(proxyEnv), "COORDBENCH_PROXY_TLS="+b.pki.certFile+","+b.pki.keyFile+","+b.pki.caFile),
+				roleProxy, b.etcdURL, "", strconv.Itoa(*maxEtcdRequests))
+			if err != nil {
+				return fmt.Errorf("coordproxy with tenants: %w", err)
+			}
+			b.tenants = tp
+			fmt.Fprintf(stderr, "coordproxy with tenants %s\n", tp.addr)
+		}
 		b.watchersAtStart, b.watchersAtStartErr = etcdWatchers(ctx, b.etcdURL)
 		return nil
 	}
 	stopAll := func() {
-		if b.proxy != nil {
-			b.proxy.stop()
+		for _, c := range []*child{b.proxy, b.policed, b.tenants, b.etcd} {
+			if c != nil {
+				c.stop()
+			}
 		}
-		if b.policed != nil {
-			b.policed.stop()
+		for _, undo := range uncap {
+			undo()
 		}
-		if b.etcd != nil {
-			b.etcd.stop()
-		}
+		uncap = nil
 	}
 	defer stopAll()
 	if err := start(""); err != nil {
@@ -298,6 +335,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 			}
 		}
 		native, proxied := target{name: "etcd", addr: b.etcdURL}, target{name: "coordproxy", addr: b.proxy.addr}
+		if s.tenants {
+			proxied = target{name: "coordproxy", addr: b.tenants.addr, tenant: b.pki.clientTLS}
+		}
 		title := s.title
 		switch s.id {
 		case "observe":
@@ -313,13 +353,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if s.proxyFirst {
 			order = []target{proxied, native}
 		}
-		if b.policed != nil && !s.freshEtcd {
+		if b.policed != nil && !s.freshEtcd && !s.tenants {
 			order = append(order, target{name: "coordproxy+policy", addr: b.policed.addr})
 		}
 		for _, t := range order {
 			served := b.proxy
-			if t.name == "coordproxy+policy" {
+			switch {
+			case t.name == "coordproxy+policy":
 				served = b.policed
+			case s.tenants:
+				served = b.tenants
 			}
 			before := b.costNow(ctx, served)
 			r, err := s.run(ctx, b, t, title)
@@ -327,7 +370,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 				fmt.Fprintf(stderr, "coordbench: %s on %s: %v\n", title, t.name, err)
 				return 1
 			}
-			addCost(&r, before, b.costNow(ctx, served))
+			if !s.tenants { // its phases are three runs: no one op count
+				addCost(&r, before, b.costNow(ctx, served))
+			}
 			results = append(results, r)
 		}
 		if ctx.Err() != nil {
@@ -337,6 +382,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	printTable(stdout, results)
 	fmt.Fprintln(stdout)
 	printCostTable(stdout, results)
+	printNoisyTable(stdout, results)
 	if b.policed != nil {
 		fmt.Fprintln(stdout)
 		printPolicyTable(stdout, results)

@@ -81,7 +81,14 @@ func serveProxy(ctx context.Context, endpoints, cpuprofile string, maxEtcdReques
 	}
 	// Pprof: the waiters scenario reads the proxy's runtime.MemStats from
 	// /debug/pprof/heap to say where its memory is.
-	s := proxy.New(proxy.Config{Endpoints: strings.Split(endpoints, ","), Listen: "127.0.0.1:0", MaxEtcdRequests: maxEtcdRequests, Pprof: true, PolicyFile: policyFile})
+	cfg := proxy.Config{Endpoints: strings.Split(endpoints, ","), Listen: "127.0.0.1:0", MaxEtcdRequests: maxEtcdRequests, Pprof: true, PolicyFile: policyFile}
+	// COORDBENCH_PROXY_TLS=CERT,KEY,CA: serve TLS and ask for client
+	// certificates signed by CA (the tenants' identities).
+	if v := os.Getenv("COORDBENCH_PROXY_TLS"); v != "" {
+		f := strings.Split(v, ",")
+		cfg.CertFile, cfg.KeyFile, cfg.TrustedCAFile, cfg.ClientCertAuth = f[0], f[1], f[2], true
+	}
+	s := proxy.New(cfg)
 	if err := s.Start(ctx); err != nil {
 		return err
 	}

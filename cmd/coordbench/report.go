@@ -105,3 +105,26 @@ func byScenario(results []result) (order []string, by map[string]map[string]resu
 	}
 	return order, by
 }
+
+// printNoisyTable is the noisy-neighbour scenario's own table: B's Lock
+// under the flood against B alone, and the flood's rate.
+func printNoisyTable(w io.Writer, results []result) {
+	var rows []result
+	for _, r := range results {
+		if _, ok := r.Extra["b_alone_p99_ms"]; ok {
+			rows = append(rows, r)
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| noisy neighbour | B Lock p99 ms alone / under the flood (ratio) | B rate alone / under the flood (ratio) | B Unlock p99 ms alone / under | flood ops/s alone / with B |")
+	fmt.Fprintln(w, "|---|---|---|---|---|")
+	for _, r := range rows {
+		x := r.Extra
+		fmt.Fprintf(w, "| %s | %v / %v (%v×) | %v / %.1f (%v×) | %v / %v | %v / %v |\n", r.Target,
+			x["b_alone_p99_ms"], r.P99MS, x["b_p99_ratio"], x["b_alone_ops"], r.Ops, x["b_rate_ratio"],
+			x["b_unlock_alone_p99_ms"], x["b_unlock_p99_ms"], x["flood_alone_ops"], x["flood_ops"])
+	}
+}

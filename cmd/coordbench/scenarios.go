@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"slices"
@@ -20,13 +21,24 @@ import (
 type target struct {
 	name string // "etcd" or "coordproxy"
 	addr string
+	// tenant, if set, is the TLS configuration of a tenant's clients (the
+	// noisy-neighbour scenario's proxy asks for client certificates).
+	tenant func(name string) *tls.Config
 }
 
-func (t target) dial() (*clientv3.Client, error) {
-	return clientv3.New(clientv3.Config{
+func (t target) dial() (*clientv3.Client, error) { return t.dialAs("") }
+
+// dialAs dials as tenant (its client certificate, where the target tells
+// tenants apart).
+func (t target) dialAs(tenant string) (*clientv3.Client, error) {
+	cfg := clientv3.Config{
 		Endpoints: []string{t.addr}, DialTimeout: 10 * time.Second, Logger: zap.NewNop(),
 		MaxCallRecvMsgSize: 16 << 20,
-	})
+	}
+	if t.tenant != nil {
+		cfg.TLS = t.tenant(tenant)
+	}
+	return clientv3.New(cfg)
 }
 
 // clients dials n connections; close releases them.
