@@ -344,6 +344,12 @@ func (b *batcher) sendNested(batch []*txnCall) bool {
 // that: the limiter gives it the request timeout once it is sent.
 func (b *batcher) batchContext(batch []*txnCall) (context.Context, context.CancelFunc) {
 	ctx := context.WithoutCancel(batch[0].ctx)
+	// The batch waits for a slot at the highest priority of its members.
+	prio := flowFrom(ctx).prio
+	for _, c := range batch[1:] {
+		prio = min(prio, flowFrom(c.ctx).prio)
+	}
+	ctx = WithPriority(ctx, prio)
 	var earliest time.Time
 	for _, c := range batch {
 		if _, _, bound := SendBound(c.ctx); bound {

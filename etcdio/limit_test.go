@@ -3,6 +3,7 @@ package etcdio
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -112,5 +113,127 @@ func TestLimiter_sendTimeoutEndsWithinTheTimeoutOfTheQueueDeadline(t *testing.T)
 	}
 	if left > timeout-300*time.Millisecond || left < timeout/2 {
 		t.Fatalf("sent 300ms after the queue's deadline with %v left; want at most %v", left, timeout-300*time.Millisecond)
+	}
+}
+
+// queueUp starts a request of f waiting for a slot of l and returns once it
+// waits; granted receives its name when it gets the slot.
+func queueUp(t *testing.T, l *limiter, f flowOf, name string, granted chan<- string) {
+	t.Helper()
+	before := l.waiting()
+	go func() {
+		if err := l.acquire(context.Background(), f); err == nil {
+			granted <- name
+		}
+	}()
+	for l.waiting() == before {
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// next releases the slot held and returns who got it.
+func next(t *testing.T, l *limiter, granted <-chan string) string {
+	t.Helper()
+	l.release()
+	select {
+	case n := <-granted:
+		return n
+	case <-time.After(10 * time.Second):
+		t.Fatal("nobody got the slot")
+		return ""
+	}
+}
+
+// A freed slot goes to the highest priority waiting: a release queued
+// behind acquisitions goes first.
+func TestLimiter_releasesGoAheadOfAcquisitions(t *testing.T) {
+	l := newLimiter(1, prometheus.NewRegistry())
+	if !l.tryAcquire() {
+		t.Fatal("the slot is not free")
+	}
+	granted := make(chan string, 8)
+	for i := range 3 {
+		queueUp(t, l, flowOf{flow: "a", prio: PriorityAcquire}, fmt.Sprintf("acquire %d", i), granted)
+	}
+	queueUp(t, l, flowOf{flow: "a", prio: PriorityPass}, "kv", granted)
+	queueUp(t, l, flowOf{flow: "b", prio: PriorityRelease}, "release", granted)
+	want := []string{"release", "acquire 0", "acquire 1", "acquire 2", "kv"}
+	for _, w := range want {
+		if got := next(t, l, granted); got != w {
+			t.Fatalf("slot went to %q, want %q (order %v)", got, w, want)
+		}
+	}
+	l.release()
+	if l.free != 1 || l.waiting() != 0 {
+		t.Fatalf("after all: %d free, %d waiting; want 1 and 0", l.free, l.waiting())
+	}
+}
+
+// Within a priority, flows take turns: one request of B, queued behind
+// ten of A's, is served after one of A's, not after ten.
+func TestLimiter_flowsTakeTurns(t *testing.T) {
+	l := newLimiter(1, prometheus.NewRegistry())
+	l.tryAcquire()
+	granted := make(chan string, 16)
+	a, b := flowOf{flow: "tenant-a", prio: PriorityAcquire}, flowOf{flow: "tenant-b", prio: PriorityAcquire}
+	for i := 0; bucketOf(a.flow, flowBuckets) == bucketOf(b.flow, flowBuckets); i++ {
+		b.flow = fmt.Sprintf("tenant-b%d", i) // flows of one bucket share its turn
+	}
+	for i := range 10 {
+		queueUp(t, l, a, fmt.Sprintf("a%d", i), granted)
+	}
+	queueUp(t, l, b, "b", granted)
+	var order []string
+	for range 11 {
+		order = append(order, next(t, l, granted))
+	}
+	if order[0] != "a0" || order[1] != "b" {
+		t.Fatalf("order %v: B should be served right after A's first", order)
+	}
+	for i, n := range order[2:] {
+		if n != fmt.Sprintf("a%d", i+1) {
+			t.Fatalf("order %v: A's requests out of their own order", order)
+		}
+	}
+}
+
+// A request whose caller gives up leaves its queue; the slots stay
+// counted right, also when the slot came as the caller gave up.
+func TestLimiter_aWaiterThatGivesUpLeavesNoTrace(t *testing.T) {
+	l := newLimiter(1, prometheus.NewRegistry())
+	l.tryAcquire()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.acquire(ctx, flowOf{flow: "a", prio: PriorityAcquire}) }()
+	for l.waiting() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("acquire of a caller that left: %v", err)
+	}
+	if l.waiting() != 0 || len(l.levels[PriorityAcquire].turns) != 0 {
+		t.Fatalf("%d waiting, turns %v after the caller left", l.waiting(), l.levels[PriorityAcquire].turns)
+	}
+	l.release()
+	if l.free != 1 {
+		t.Fatalf("%d free slots, want 1", l.free)
+	}
+	// Handed over while giving up: the slot goes back.
+	for range 100 {
+		l.tryAcquire()
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { done <- l.acquire(ctx, flowOf{flow: "a", prio: PriorityAcquire}) }()
+		for l.waiting() == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		go cancel()
+		l.release()
+		if err := <-done; err == nil {
+			l.release()
+		}
+		if l.free != 1 || l.waiting() != 0 {
+			t.Fatalf("%d free, %d waiting after a race of grant and cancel", l.free, l.waiting())
+		}
 	}
 }

@@ -5,8 +5,6 @@ import (
 	"runtime"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
-
 	"github.com/prometheus/client_golang/prometheus"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -21,17 +19,17 @@ func TestLimiter_aTracedRequestsWaitForASlotIsASpan(t *testing.T) {
 	l := newLimiter(1, prometheus.NewRegistry())
 	ctx, call := tp.Tracer("test").Start(context.Background(), "call")
 
-	if err := l.sem.Acquire(ctx, 1); err != nil { // the one slot, taken
-		t.Fatal(err)
+	if !l.tryAcquire() { // the one slot, taken
+		t.Fatal("the slot is not free")
 	}
 	sent := make(chan error, 1)
 	go func() {
 		sent <- l.unary(ctx, "/etcdserverpb.KV/Txn", nil, nil, nil, func(context.Context, string, any, any, *grpc.ClientConn, ...grpc.CallOption) error { return nil })
 	}()
-	for testutil.ToFloat64(l.queued) == 0 { // it waits for the slot
+	for l.waiting() == 0 { // it waits for the slot
 		runtime.Gosched()
 	}
-	l.sem.Release(1)
+	l.release()
 	if err := <-sent; err != nil {
 		t.Fatal(err)
 	}

@@ -31,6 +31,8 @@ func (g *Granter) RemoveNow(ctx context.Context, key string, rev int64) {
 // others (the one key is its prefix); a request without the caller's token
 // goes with the proxy's own credentials.
 func removeTxn(ctx context.Context, e *etcdio.Etcd, key string, rev int64) error {
+	// A removal frees a queue: it goes with the releases.
+	ctx = etcdio.WithPriority(ctx, etcdio.PriorityRelease)
 	_, err := e.SendTxn(ctx, etcdio.Txn{
 		If:     []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", rev)},
 		Then:   []clientv3.Op{clientv3.OpDelete(key)},

@@ -113,7 +113,8 @@ func (g *Granter) await(ctx context.Context, c *Claim) (*pb.ResponseHeader, erro
 // Blockers, of the blockers created before it. It is a transaction so that
 // checks ready at once share etcd requests (etcdio.SendTxn).
 func (g *Granter) confirm(ctx context.Context, c *Claim) (hdr *pb.ResponseHeader, came bool, err error) {
-	ctx, cancel := g.etcd.WithStop(ctx)
+	// A waiter whose turn came goes ahead of new acquisitions.
+	ctx, cancel := g.etcd.WithStop(etcdio.WithPriority(ctx, etcdio.PriorityKeep))
 	defer cancel()
 	t := etcdio.Txn{Then: []clientv3.Op{clientv3.OpGet(c.Key, clientv3.WithKeysOnly())}, Prefix: c.Key}
 	if c.Blockers != "" {

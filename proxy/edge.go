@@ -23,8 +23,10 @@ import (
 // answer, NOT_SERVING); they ask package authz whether the caller may make
 // the call (a stream: each message it receives, as authz decides); they
 // refuse a write over MaxRequestBytes; they hand the caller's hasleader and
-// token metadata on to etcd (forwardContext); they give errors etcd's codes
-// and texts (wireErr); and they log the call (accessLog).
+// token metadata on to etcd (forwardContext) and put its etcd requests in
+// the caller's flow at the method's priority (flowContext, flows.go); they
+// give errors etcd's codes and texts (wireErr); and they log the call
+// (accessLog).
 func (s *Server) edgeUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	if s.refused(info.FullMethod) {
 		return nil, rpctypes.ErrGRPCStopped
@@ -34,7 +36,7 @@ func (s *Server) edgeUnary(ctx context.Context, req any, info *grpc.UnaryServerI
 		if s.tooLarge(req) {
 			return nil, rpctypes.ErrGRPCRequestTooLarge
 		}
-		return handler(forwardContext(ctx), req)
+		return handler(forwardContext(s.flowContext(ctx, info.FullMethod)), req)
 	})
 	err = wireErr(info.FullMethod, err)
 	s.accessLog(ctx, info.FullMethod, start, err)
@@ -59,11 +61,9 @@ func (s *Server) edgeStream(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 	if s.refused(info.FullMethod) {
 		return rpctypes.ErrGRPCStopped
 	}
-	if ctx := forwardContext(ss.Context()); ctx != ss.Context() {
-		w := middleware.WrapServerStream(ss)
-		w.WrappedContext = ctx
-		ss = w
-	}
+	w := middleware.WrapServerStream(ss)
+	w.WrappedContext = forwardContext(s.flowContext(ss.Context(), info.FullMethod))
+	ss = w
 	ss = s.authz.Stream(ss, info.FullMethod)
 	start := time.Now()
 	err := wireErr(info.FullMethod, handler(srv, ss))
