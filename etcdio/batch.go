@@ -245,16 +245,15 @@ func (b *batcher) next(key batchGroup, q *queued) {
 const maxRound = 256
 
 // take splits the next round of q's pending transactions into batches.
-// Callers gone meanwhile are answered and dropped.
+// The round takes them as the slots to etcd are shared (flow.go): by
+// priority, then one of each flow in turn, each flow's in its own order;
+// what does not fit stays pending in its order. Callers gone meanwhile are
+// answered and dropped.
 func (b *batcher) take(q *queued) [][]*txnCall {
 	var batches [][]*txnCall
 	var sizes []int
-	n := 0
-	for _, c := range q.pending {
-		if n == maxRound {
-			break
-		}
-		n++
+	round, rest := fairRound(q.pending, maxRound)
+	for _, c := range round {
 		if err := sendQueue(c.ctx).Err(); err != nil {
 			c.err = status.FromContextError(err).Err()
 			close(c.done)
@@ -271,8 +270,58 @@ func (b *batcher) take(q *queued) [][]*txnCall {
 			batches, sizes = append(batches, []*txnCall{c}), append(sizes, c.size)
 		}
 	}
-	q.pending = q.pending[n:]
+	q.pending = rest
 	return batches
+}
+
+// fairRound picks up to n of pending: the highest priority first, and
+// within a priority one of each flow in turn, in the order the flows first
+// queued; rest is the others, in their order.
+func fairRound(pending []*txnCall, n int) (round, rest []*txnCall) {
+	if len(pending) <= n {
+		return pending, nil
+	}
+	var byPrio [numPriorities]struct {
+		flows  []any
+		queued map[any][]*txnCall
+	}
+	for _, c := range pending {
+		f := flowFrom(c.ctx)
+		p := &byPrio[f.prio]
+		if p.queued == nil {
+			p.queued = map[any][]*txnCall{}
+		}
+		if _, ok := p.queued[f.flow]; !ok {
+			p.flows = append(p.flows, f.flow)
+		}
+		p.queued[f.flow] = append(p.queued[f.flow], c)
+	}
+	taken := make(map[*txnCall]bool, n)
+	for i := range byPrio {
+		p := &byPrio[i]
+		for len(round) < n && len(p.flows) > 0 {
+			turn := p.flows[:0]
+			for _, f := range p.flows {
+				if len(round) == n {
+					turn = append(turn, f)
+					continue
+				}
+				q := p.queued[f]
+				round = append(round, q[0])
+				taken[q[0]] = true
+				if p.queued[f] = q[1:]; len(q) > 1 {
+					turn = append(turn, f)
+				}
+			}
+			p.flows = turn
+		}
+	}
+	for _, c := range pending {
+		if !taken[c] {
+			rest = append(rest, c)
+		}
+	}
+	return round, rest
 }
 
 func nestsWithAny(prefix string, batch []*txnCall) bool {

@@ -261,3 +261,39 @@ func TestSendTxn_batchAlwaysNestsALoneTransactionAndAnswersAsAlone(t *testing.T)
 		t.Fatalf("%d nested requests, want 3 (the failed one is sent nested, then alone)", n)
 	}
 }
+
+// A round takes what queued as the slots to etcd are shared: by priority,
+// then the flows in turn. 300 acquisitions of one flow queued first do not
+// push another flow's one, or a release, into a later round.
+func TestSendTxn_aRoundTakesPrioritiesThenFlowsInTurn(t *testing.T) {
+	e, kv, _ := dial(t)
+	ctx := proxytest.Ctx(t)
+	lease, err := kv.Grant(ctx, 600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := etcdio.WithFlow(ctx, "tenant-a", etcdio.PriorityAcquire)
+	release := etcdio.HoldBatches(e, a)
+	var flood []*sent
+	for i := range 300 {
+		name := fmt.Sprintf("a%03d/", i)
+		flood = append(flood, queue(t, e, a, putIfAbsent(name+"k", lease.ID, name), i+1))
+	}
+	other := queue(t, e, etcdio.WithFlow(ctx, "tenant-b", etcdio.PriorityAcquire), putIfAbsent("b/k", lease.ID, "b/"), 301)
+	rel := queue(t, e, etcdio.WithFlow(ctx, "tenant-a", etcdio.PriorityRelease), putIfAbsent("r/k", lease.ID, "r/"), 302)
+	release()
+	var last int64
+	for _, s := range append(flood, other, rel) {
+		if err := s.call.Wait(t); err != nil {
+			t.Fatal(err)
+		}
+		last = max(last, s.resp.Header.Revision)
+	}
+	// Rounds go one after the other: the first round's revisions are all
+	// below the second's. 302 transactions make two rounds.
+	for name, s := range map[string]*sent{"the other flow's acquisition": other, "the release": rel} {
+		if s.resp.Header.Revision >= last {
+			t.Errorf("%s went in the last round (revision %d of %d), behind the flood", name, s.resp.Header.Revision, last)
+		}
+	}
+}
