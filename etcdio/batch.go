@@ -218,7 +218,8 @@ func (b *batcher) drop(q *queued, c *txnCall) bool {
 // next starts the next round of what queued while the group's request was
 // in flight; the last batch of a round to return starts the one after,
 // until nothing is left and the group is idle. A round is up to maxRound
-// of the waiting transactions, in their order, split into as few batches
+// of the waiting transactions, taken by priority and flows in turn (take),
+// split into as few batches
 // as the rules allow (first fit), all sent at once, each by its first
 // caller: transactions that may not share a batch (one name's waiters)
 // still go to etcd side by side, as they would alone.
