@@ -159,3 +159,11 @@ func txnScope(t *pb.TxnRequest, read, write []policy.KeyRange) ([]policy.KeyRang
 	}
 	return read, write
 }
+
+// Scoped reports whether a call of method is decided by what it names:
+// an entry in scopes, or a Txn's or a Watch's own rule. Any other method
+// is refused under every policy (verb "unknown").
+func Scoped(method string) bool {
+	_, ok := scopes[method]
+	return ok || method == txnMethod || method == watchMethod
+}

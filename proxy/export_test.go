@@ -19,3 +19,14 @@ func GatewayServices() []string {
 	}
 	return names
 }
+
+// ServedMethods is every method s serves, by gRPC full method name.
+func ServedMethods(s *Server) []string {
+	var methods []string
+	for name, info := range s.grpc.GetServiceInfo() {
+		for _, m := range info.Methods {
+			methods = append(methods, "/"+name+"/"+m.Name)
+		}
+	}
+	return methods
+}
