@@ -9,6 +9,8 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+
+	"github.com/coordproxy/coordproxy/internal/testcache"
 )
 
 // binDir holds the etcd and coordproxy binaries built for this test run.
@@ -82,6 +84,7 @@ var etcdctlBinary = sync.OnceValues(func() (string, error) {
 
 // goBuild builds pkg into bin with the go command of the running toolchain.
 func goBuild(bin, pkg string) error {
+	readSources()
 	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, pkg)
 	if o, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build %s: %w\n%s", pkg, err, o)
@@ -97,3 +100,8 @@ func mustBinaries(t *testing.T) (etcd, coordproxy string) {
 	}
 	return b.etcd, b.coordproxy
 }
+
+// readSources reads the module's sources once, so that a change to any
+// source of the programs these tests build reruns the package
+// (internal/testcache).
+var readSources = sync.OnceFunc(func() { testcache.ReadSources("..") })

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/coordproxy/coordproxy/internal/testcache"
 )
 
 // The fast part of etcd's own suites (etcdsuite -fast: concurrency,
@@ -16,6 +18,9 @@ func TestEtcdSuites_fastPartPassesThroughCoordproxy(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: etcd's suites run in the full suite")
 	}
+	// The suites run in a go test of their own, built with this module's
+	// proxy: its sources must rerun this test when they change.
+	testcache.ReadSources("../..")
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	var out, log bytes.Buffer
