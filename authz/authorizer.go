@@ -48,13 +48,16 @@ func New(store *policy.Store, etcd *etcdio.Etcd, reg prometheus.Registerer, log 
 	return a
 }
 
-// Identity is the identity of the caller on ctx (Anonymous for none).
+// Identity is the identity of the caller on ctx (Anonymous for none). The
+// edge reads it once a call and hands it to Unary or Stream, and to
+// whatever else needs it (flows, the access log).
 func (a *Authorizer) Identity(ctx context.Context) string { return a.ids.of(ctx) }
 
-// Unary runs handler for a unary call of method if the caller may make it;
-// it learns the user of each token etcd issues (Auth.Authenticate).
-func (a *Authorizer) Unary(ctx context.Context, method string, req any, handler grpc.UnaryHandler) (any, error) {
-	if err := a.decide(ctx, method, req); err != nil {
+// Unary runs handler for a unary call of method by id (the caller's
+// Identity) if the caller may make it; it learns the user of each token
+// etcd issues (Auth.Authenticate).
+func (a *Authorizer) Unary(ctx context.Context, id, method string, req any, handler grpc.UnaryHandler) (any, error) {
+	if err := a.decide(ctx, id, method, req); err != nil {
 		return nil, err
 	}
 	resp, err := handler(ctx, req)
@@ -70,16 +73,17 @@ func (a *Authorizer) Unary(ctx context.Context, method string, req any, handler 
 // watch a Watch stream creates, which is refused as etcd refuses a watch
 // its RBAC does not permit: a created and canceled response, the stream
 // going on.
-func (a *Authorizer) Stream(ss grpc.ServerStream, method string) grpc.ServerStream {
+func (a *Authorizer) Stream(ss grpc.ServerStream, id, method string) grpc.ServerStream {
 	if a.store == nil {
 		return ss
 	}
-	return &stream{ServerStream: ss, a: a, method: method}
+	return &stream{ServerStream: ss, a: a, id: id, method: method}
 }
 
 type stream struct {
 	grpc.ServerStream
 	a       *Authorizer
+	id      string // the caller's identity
 	method  string
 	decided bool
 	sending sync.Mutex // SendMsg from the handler and from a refused watch
@@ -98,7 +102,7 @@ func (s *stream) RecvMsg(m any) error {
 		}
 		if s.method == watchMethod {
 			cr := m.(*pb.WatchRequest).GetCreateRequest()
-			if cr == nil || s.a.allowWatch(s.Context(), cr) {
+			if cr == nil || s.a.allowWatch(s.Context(), s.id, cr) {
 				return nil
 			}
 			refused := &pb.WatchResponse{Header: &pb.ResponseHeader{}, WatchId: invalidWatchID, Created: true, Canceled: true,
@@ -110,7 +114,7 @@ func (s *stream) RecvMsg(m any) error {
 		}
 		if !s.decided || s.method == keepAliveMethod {
 			s.decided = true
-			return s.a.decide(s.Context(), s.method, m)
+			return s.a.decide(s.Context(), s.id, s.method, m)
 		}
 		return nil
 	}
@@ -124,13 +128,12 @@ const (
 	invalidWatchID = -1
 )
 
-// decide decides a request of method under the policy in force.
-func (a *Authorizer) decide(ctx context.Context, method string, req any) error {
+// decide decides a request of method by id under the policy in force.
+func (a *Authorizer) decide(ctx context.Context, id, method string, req any) error {
 	p := a.store.Policy()
 	if p == nil || strings.HasPrefix(method, "/grpc.") { // health, reflection
 		return nil
 	}
-	id := a.ids.of(ctx)
 	if method == txnMethod {
 		read, write := txnScope(req.(*pb.TxnRequest), nil, nil)
 		if !p.Allows(id, policy.Read, read...) {
@@ -171,12 +174,12 @@ func (a *Authorizer) decide(ctx context.Context, method string, req any) error {
 }
 
 // allowWatch decides a watch a caller creates: read on its keys.
-func (a *Authorizer) allowWatch(ctx context.Context, cr *pb.WatchCreateRequest) bool {
+func (a *Authorizer) allowWatch(ctx context.Context, id string, cr *pb.WatchCreateRequest) bool {
 	p := a.store.Policy()
 	if p == nil {
 		return true
 	}
-	id, r := a.ids.of(ctx), keyRange(cr.Key, cr.RangeEnd)
+	r := keyRange(cr.Key, cr.RangeEnd)
 	if p.Allows(id, policy.Read, r) {
 		return true
 	}

@@ -32,20 +32,21 @@ func (s *Server) edgeUnary(ctx context.Context, req any, info *grpc.UnaryServerI
 		return nil, rpctypes.ErrGRPCStopped
 	}
 	start := time.Now()
-	resp, err := s.authz.Unary(ctx, info.FullMethod, req, func(ctx context.Context, req any) (any, error) {
+	id := s.authz.Identity(ctx)
+	resp, err := s.authz.Unary(ctx, id, info.FullMethod, req, func(ctx context.Context, req any) (any, error) {
 		if s.tooLarge(req) {
 			return nil, rpctypes.ErrGRPCRequestTooLarge
 		}
-		return handler(forwardContext(s.flowContext(ctx, info.FullMethod)), req)
+		return handler(forwardContext(s.flowContext(ctx, id, info.FullMethod)), req)
 	})
 	err = wireErr(info.FullMethod, err)
-	s.accessLog(ctx, info.FullMethod, start, err)
+	s.accessLog(ctx, id, info.FullMethod, start, err)
 	return resp, err
 }
 
 // accessLog logs a call that ended, with the caller's identity, at debug
 // level (--log-level debug): one line a call.
-func (s *Server) accessLog(ctx context.Context, method string, start time.Time, err error) {
+func (s *Server) accessLog(ctx context.Context, id, method string, start time.Time, err error) {
 	if !s.log.Enabled(ctx, slog.LevelDebug) {
 		return
 	}
@@ -53,7 +54,7 @@ func (s *Server) accessLog(ctx context.Context, method string, start time.Time, 
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		addr = p.Addr.String()
 	}
-	s.log.Debug("call", "method", method, "identity", s.authz.Identity(ctx), "address", addr,
+	s.log.Debug("call", "method", method, "identity", id, "address", addr,
 		"code", status.Code(err).String(), "duration", time.Since(start).Round(time.Microsecond))
 }
 
@@ -61,13 +62,13 @@ func (s *Server) edgeStream(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 	if s.refused(info.FullMethod) {
 		return rpctypes.ErrGRPCStopped
 	}
+	id := s.authz.Identity(ss.Context())
 	w := middleware.WrapServerStream(ss)
-	w.WrappedContext = forwardContext(s.flowContext(ss.Context(), info.FullMethod))
-	ss = w
-	ss = s.authz.Stream(ss, info.FullMethod)
+	w.WrappedContext = forwardContext(s.flowContext(ss.Context(), id, info.FullMethod))
+	ss = s.authz.Stream(w, id, info.FullMethod)
 	start := time.Now()
 	err := wireErr(info.FullMethod, handler(srv, ss))
-	s.accessLog(ss.Context(), info.FullMethod, start, err)
+	s.accessLog(ss.Context(), id, info.FullMethod, start, err)
 	return err
 }
 

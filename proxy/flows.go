@@ -39,21 +39,21 @@ var priorities = map[string]etcdio.Priority{
 	"/coordproxy.v1.ElectionService/Observe":   etcdio.PriorityAcquire,
 }
 
-// flowContext is ctx whose etcd requests belong to the caller's flow at
-// method's priority.
-func (s *Server) flowContext(ctx context.Context, method string) context.Context {
+// flowContext is ctx whose etcd requests belong to the flow of the caller
+// id at method's priority.
+func (s *Server) flowContext(ctx context.Context, id, method string) context.Context {
 	p, ok := priorities[method]
 	if !ok {
 		p = etcdio.PriorityPass
 	}
-	return etcdio.WithFlow(ctx, s.flowOf(ctx), p)
+	return etcdio.WithFlow(ctx, flowOf(ctx, id), p)
 }
 
-// flowOf is the caller's identity, else its connection (the address
+// flowOf is the caller's identity id, else its connection (the address
 // gRPC keeps for it: one value for every call on it); nothing is built per
 // call.
-func (s *Server) flowOf(ctx context.Context) any {
-	if id := s.authz.Identity(ctx); id != authz.Anonymous {
+func flowOf(ctx context.Context, id string) any {
+	if id != authz.Anonymous {
 		return id
 	}
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
