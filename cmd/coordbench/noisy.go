@@ -7,7 +7,6 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
 )
 
 // The noisy neighbour: tenant A floods Lock+Unlock from floodClients
@@ -19,33 +18,6 @@ import (
 // etcd knows no tenants.
 
 const floodClients = 128
-
-// tenantLoop locks and unlocks name on cli with lease until ctx ends,
-// timing each Lock in lock and each Unlock in unlock (nil: not timed).
-func tenantLoop(ctx context.Context, cli *clientv3.Client, name []byte, lease clientv3.LeaseID, lock, unlock *recorder) {
-	locks := v3lockpb.NewLockClient(cli.ActiveConnection())
-	for ctx.Err() == nil {
-		start := time.Now()
-		r, err := locks.Lock(ctx, &v3lockpb.LockRequest{Name: name, Lease: int64(lease)})
-		if err != nil {
-			if ctx.Err() == nil {
-				lock.errors.Add(1)
-			}
-			continue
-		}
-		lock.add(time.Since(start))
-		uctx, ucancel := context.WithTimeout(context.Background(), 10*time.Second)
-		start = time.Now()
-		_, err = locks.Unlock(uctx, &v3lockpb.UnlockRequest{Key: r.Key})
-		ucancel()
-		switch {
-		case err != nil:
-			lock.errors.Add(1)
-		case unlock != nil:
-			unlock.add(time.Since(start))
-		}
-	}
-}
 
 func noisyScenario(ctx context.Context, b *bench, t target, title string) (result, error) {
 	var clis []*clientv3.Client
@@ -95,11 +67,11 @@ func noisyScenario(ctx context.Context, b *bench, t target, title string) (resul
 		defer cancel()
 		var wg sync.WaitGroup
 		if withB {
-			wg.Go(func() { tenantLoop(runCtx, bCli, bName, bLease, bLock, bUnlock) })
+			wg.Go(func() { lockLoop(runCtx, bCli, bName, bLease, bLock, bUnlock) })
 		}
 		if withFlood {
 			for i := range aClis {
-				wg.Go(func() { tenantLoop(runCtx, aClis[i], aNames[i], aLeases[i], flood, nil) })
+				wg.Go(func() { lockLoop(runCtx, aClis[i], aNames[i], aLeases[i], flood, nil) })
 			}
 		}
 		count := bLock.count

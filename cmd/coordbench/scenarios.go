@@ -172,30 +172,38 @@ func lockScenario(ctx context.Context, b *bench, t target, scenario string, clie
 	defer cancel()
 	var wg sync.WaitGroup
 	for i, c := range clis {
-		wg.Go(func() {
-			locks := v3lockpb.NewLockClient(c.ActiveConnection())
-			name := unique[i%len(unique)]
-			for runCtx.Err() == nil {
-				start := time.Now()
-				r, err := locks.Lock(runCtx, &v3lockpb.LockRequest{Name: name, Lease: int64(leases[i])})
-				if err != nil {
-					if runCtx.Err() == nil {
-						rec.errors.Add(1)
-					}
-					continue
-				}
-				rec.add(time.Since(start))
-				uctx, ucancel := context.WithTimeout(context.Background(), 10*time.Second)
-				if _, err := locks.Unlock(uctx, &v3lockpb.UnlockRequest{Key: r.Key}); err != nil {
-					rec.errors.Add(1)
-				}
-				ucancel()
-			}
-		})
+		wg.Go(func() { lockLoop(runCtx, c, unique[i%len(unique)], leases[i], rec, nil) })
 	}
 	b.progress(runCtx, scenario, t, rec.count)
 	wg.Wait()
 	return rec.result(scenario, t.name, time.Since(rec.start)), nil
+}
+
+// lockLoop locks and unlocks name on cli with lease until ctx ends,
+// timing each Lock in lock and each Unlock in unlock (nil: not timed).
+func lockLoop(ctx context.Context, cli *clientv3.Client, name []byte, lease clientv3.LeaseID, lock, unlock *recorder) {
+	locks := v3lockpb.NewLockClient(cli.ActiveConnection())
+	for ctx.Err() == nil {
+		start := time.Now()
+		r, err := locks.Lock(ctx, &v3lockpb.LockRequest{Name: name, Lease: int64(lease)})
+		if err != nil {
+			if ctx.Err() == nil {
+				lock.errors.Add(1)
+			}
+			continue
+		}
+		lock.add(time.Since(start))
+		uctx, ucancel := context.WithTimeout(context.Background(), 10*time.Second)
+		start = time.Now()
+		_, err = locks.Unlock(uctx, &v3lockpb.UnlockRequest{Key: r.Key})
+		ucancel()
+		switch {
+		case err != nil:
+			lock.errors.Add(1)
+		case unlock != nil:
+			unlock.add(time.Since(start))
+		}
+	}
 }
 
 // campaignScenario: one candidate campaigns, proclaims and resigns in a loop;
