@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/coordproxy/coordproxy/etcdio"
+	"github.com/coordproxy/coordproxy/quota"
 	"github.com/prometheus/client_golang/prometheus"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -44,6 +45,7 @@ type heldKey struct {
 	service string
 	lease   int64
 	since   time.Time // when it was granted
+	release func()    // gives the key back to its taker's quota of held keys
 }
 
 func newHolds(etcd *etcdio.Etcd, gauge *prometheus.GaugeVec, every time.Duration) *holds {
@@ -53,10 +55,11 @@ func newHolds(etcd *etcdio.Etcd, gauge *prometheus.GaugeVec, every time.Duration
 	return &holds{etcd: etcd, gauge: gauge, every: every, keys: map[string]heldKey{}, byLease: map[int64]map[string]struct{}{}}
 }
 
-// add counts key, just granted with create revision rev on lease. A key
-// counted already is not counted twice; one counted with an older revision
+// add counts key, just granted with create revision rev on lease, as held
+// by the call q (its quota of held keys: package quota). A key counted
+// already is not counted twice; one counted with an older revision
 // (deleted and created again since) is replaced.
-func (h *holds) add(service, key string, rev int64, lease clientv3.LeaseID) {
+func (h *holds) add(service, key string, rev int64, lease clientv3.LeaseID, q *quota.Call) {
 	if h.etcd.Stopped() {
 		return
 	}
@@ -72,7 +75,7 @@ func (h *holds) add(service, key string, rev int64, lease clientv3.LeaseID) {
 		}
 		h.dropLocked(key, old)
 	}
-	h.keys[key] = heldKey{rev: rev, service: service, lease: int64(lease), since: time.Now()}
+	h.keys[key] = heldKey{rev: rev, service: service, lease: int64(lease), since: time.Now(), release: q.Claim(quota.Held)}
 	if h.byLease[int64(lease)] == nil {
 		h.byLease[int64(lease)] = map[string]struct{}{}
 	}
@@ -123,6 +126,7 @@ func (h *holds) dropLocked(key string, k heldKey) {
 		}
 	}
 	h.gauge.WithLabelValues(k.service).Dec()
+	k.release()
 }
 
 // run checks the held keys every interval until the proxy stops.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 
+	"github.com/coordproxy/coordproxy/quota"
+
 	"github.com/coordproxy/coordproxy/etcdio"
 	"github.com/coordproxy/coordproxy/keyspace"
 	"github.com/coordproxy/coordproxy/queue"
@@ -67,7 +69,7 @@ func (g *Granter) Take(ctx context.Context, c Claim) (Grant, error) {
 		g.Abandon(c.Key, c.Rev) // the client left while we took it for it
 		return Grant{}, ctx.Err()
 	}
-	g.holds.add(c.Service, c.Key, c.Rev, c.Lease)
+	g.holds.add(c.Service, c.Key, c.Rev, c.Lease, quota.From(ctx))
 	return Grant{Header: hdr, Key: c.Key, Rev: c.Rev}, nil
 }
 

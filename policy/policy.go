@@ -13,6 +13,17 @@
 //	    verbs: [read, admin]
 //	leases:
 //	  unrecorded: allow   # leases granted straight at etcd: allow (default) or deny
+//	quotas:               # per identity, per replica; a quota left out has no limit
+//	  default:            # callers no quota rule names (anonymous ones too)
+//	    waiting: 1000
+//	  rules:              # the first rule that names the identity
+//	    - name: billing   # the label of coordproxy_quota_exceeded_total
+//	      identities: ["spiffe://example.org/ns/billing/*"]
+//	      waiting: 100    # calls waiting (Lock, Campaign, Acquire, RLock, WLock)
+//	      held: 1000      # keys held through the replica (locks, leaderships, slots)
+//	      sessions: 10    # coordproxy.v1 session streams open
+//	      leases: 1000    # leases granted through the replica and still live
+//	      watches: 500    # watches open on Watch streams
 //
 // Verbs: lock (Lock, TryLock, semaphores, RW locks, and their releases),
 // elect (Campaign, Proclaim, Resign), read (Leader, Observe, Describe, KV
@@ -53,17 +64,45 @@ type Rule struct {
 	Verbs      []Verb   `json:"verbs"`
 }
 
+// Limits are the most of each resource one identity may have at once
+// through one replica; nil: no limit.
+type Limits struct {
+	Waiting  *int `json:"waiting,omitempty"`
+	Held     *int `json:"held,omitempty"`
+	Sessions *int `json:"sessions,omitempty"`
+	Leases   *int `json:"leases,omitempty"`
+	Watches  *int `json:"watches,omitempty"`
+}
+
+// QuotaRule gives its identities its Limits, each identity its own.
+type QuotaRule struct {
+	// Name labels the rule's metrics (not the identities: their number is
+	// unbounded). "default" is the default's.
+	Name       string   `json:"name"`
+	Identities []string `json:"identities"`
+	Limits     `json:",inline"`
+}
+
+// DefaultQuota is the name of the limits of callers no quota rule names.
+const DefaultQuota = "default"
+
 // file is the YAML file.
 type file struct {
 	Rules  []Rule `json:"rules"`
 	Leases struct {
 		Unrecorded string `json:"unrecorded"`
 	} `json:"leases"`
+	Quotas struct {
+		Default *Limits     `json:"default"`
+		Rules   []QuotaRule `json:"rules"`
+	} `json:"quotas"`
 }
 
 // Policy is a parsed policy file.
 type Policy struct {
-	rules []Rule
+	rules        []Rule
+	quotas       []QuotaRule
+	defaultQuota *Limits
 	// UnrecordedLeases: leases with no owner record (granted straight at
 	// etcd, or before a policy was in force) may be used by anyone allowed
 	// the call.
@@ -77,7 +116,7 @@ func Parse(data []byte) (*Policy, error) {
 	if err := yaml.UnmarshalStrict(data, &f); err != nil {
 		return nil, fmt.Errorf("%s", strings.Join(strings.Fields(err.Error()), " "))
 	}
-	p := &Policy{rules: f.Rules, UnrecordedLeases: true}
+	p := &Policy{rules: f.Rules, UnrecordedLeases: true, quotas: f.Quotas.Rules, defaultQuota: f.Quotas.Default}
 	switch f.Leases.Unrecorded {
 	case "", "allow":
 	case "deny":
@@ -105,7 +144,68 @@ func Parse(data []byte) (*Policy, error) {
 			}
 		}
 	}
+	if err := checkQuotas(f.Quotas.Default, f.Quotas.Rules); err != nil {
+		return nil, err
+	}
 	return p, nil
+}
+
+func checkQuotas(def *Limits, rules []QuotaRule) error {
+	if def != nil {
+		if err := def.check(); err != nil {
+			return fmt.Errorf("quotas.default: %w", err)
+		}
+	}
+	names := map[string]bool{DefaultQuota: true}
+	for i, r := range rules {
+		switch {
+		case r.Name == "":
+			return fmt.Errorf("quota rule %d: no name", i+1)
+		case names[r.Name]:
+			return fmt.Errorf("quota rule %d: name %q taken", i+1, r.Name)
+		case len(r.Identities) == 0:
+			return fmt.Errorf("quota rule %d: no identities", i+1)
+		}
+		names[r.Name] = true
+		for _, id := range r.Identities {
+			if _, err := path.Match(id, ""); err != nil || id == "" {
+				return fmt.Errorf("quota rule %d: identity %q is not a name or a glob", i+1, id)
+			}
+		}
+		if err := r.check(); err != nil {
+			return fmt.Errorf("quota rule %d: %w", i+1, err)
+		}
+	}
+	return nil
+}
+
+func (l Limits) check() error {
+	for _, q := range []struct {
+		name string
+		v    *int
+	}{{"waiting", l.Waiting}, {"held", l.Held}, {"sessions", l.Sessions}, {"leases", l.Leases}, {"watches", l.Watches}} {
+		if q.v != nil && *q.v < 0 {
+			return fmt.Errorf("%s %d: want 0 or more", q.name, *q.v)
+		}
+	}
+	return nil
+}
+
+// HasQuotas tells whether p limits anyone.
+func (p *Policy) HasQuotas() bool { return p != nil && (len(p.quotas) > 0 || p.defaultQuota != nil) }
+
+// Quota is the name of the quota rule that names identity (the first
+// that does; DefaultQuota for none) and its limits.
+func (p *Policy) Quota(identity string) (string, Limits) {
+	for _, r := range p.quotas {
+		if (Rule{Identities: r.Identities}).matches(identity) {
+			return r.Name, r.Limits
+		}
+	}
+	if p.defaultQuota != nil {
+		return DefaultQuota, *p.defaultQuota
+	}
+	return DefaultQuota, Limits{}
 }
 
 // Rules is how many rules p has.

@@ -2,6 +2,7 @@ package policy_test
 
 import (
 	"bytes"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -73,11 +74,55 @@ func TestPolicy_aBadFileIsOneLineNamingTheRule(t *testing.T) {
 		"rules:\n  - identities: [a]\n    prefixes: [x/]\n    verbs: [lock]\n    verb: [read]\n":   "unknown field",
 		"leases:\n  unrecorded: maybe\n":                                                           `leases.unrecorded "maybe"`,
 		"rules:\n  - identities: [\"a[\"]\n    prefixes: [x/]\n    verbs: [lock]\n":                "rule 1: identity",
+		"quotas:\n  rules:\n    - identities: [a]\n      held: 1\n":                                "quota rule 1: no name",
+		"quotas:\n  rules:\n    - name: default\n      identities: [a]\n":                          `quota rule 1: name "default" taken`,
+		"quotas:\n  rules:\n    - name: x\n      identities: [a]\n    - name: y\n":                 "quota rule 2: no identities",
+		"quotas:\n  rules:\n    - name: x\n      identities: [a]\n      leases: -1\n":              "quota rule 1: leases -1",
+		"quotas:\n  default:\n    watches: -2\n":                                                   "quotas.default: watches -2",
+		"quotas:\n  rules:\n    - name: x\n      identities: [a]\n      helds: 1\n":                "unknown field",
 	} {
 		_, err := policy.Parse([]byte(bad))
 		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%q: %v, want one line with %q", bad, err, want)
 		}
+	}
+}
+
+// Quotas: the first rule naming an identity gives its limits, else the
+// default; a quota left out has no limit (nil), 0 allows none.
+func TestPolicy_quotasOfAnIdentity(t *testing.T) {
+	p, err := policy.Parse([]byte(`
+quotas:
+  default:
+    waiting: 5
+  rules:
+    - name: billing
+      identities: ["spiffe://x/billing/*"]
+      held: 0
+    - name: wide
+      identities: ["spiffe://x/*/*"]
+      held: 7
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.HasQuotas() {
+		t.Fatal("HasQuotas false")
+	}
+	for id, want := range map[string]string{"spiffe://x/billing/w": "billing held 0 waiting none", "spiffe://x/ops/w": "wide held 7 waiting none", "anonymous": "default held none waiting 5"} {
+		rule, l := p.Quota(id)
+		show := func(v *int) string {
+			if v == nil {
+				return "none"
+			}
+			return fmt.Sprint(*v)
+		}
+		if got := fmt.Sprintf("%s held %s waiting %s", rule, show(l.Held), show(l.Waiting)); got != want {
+			t.Errorf("%s: %s, want %s", id, got, want)
+		}
+	}
+	if p, _ := policy.Parse([]byte("rules: []\n")); p.HasQuotas() {
+		t.Error("a file without quotas has quotas")
 	}
 }
 

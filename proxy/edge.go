@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/coordproxy/coordproxy/quota"
 	middleware "github.com/grpc-ecosystem/go-grpc-middleware/v2"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -22,7 +23,8 @@ import (
 // listener closed learn at once to go elsewhere (health checks still
 // answer, NOT_SERVING); they ask package authz whether the caller may make
 // the call (a stream: each message it receives, as authz decides); they
-// refuse a write over MaxRequestBytes; they hand the caller's hasleader and
+// refuse a write over MaxRequestBytes; they reserve what the call may take
+// under the policy's quotas (quotas.go); they hand the caller's hasleader and
 // token metadata on to etcd (forwardContext) and put its etcd requests in
 // the caller's flow at the method's priority (flowContext, flows.go); they
 // give errors etcd's codes and texts (wireErr); and they log the call
@@ -36,6 +38,13 @@ func (s *Server) edgeUnary(ctx context.Context, req any, info *grpc.UnaryServerI
 	resp, err := s.authz.Unary(ctx, id, info.FullMethod, req, func(ctx context.Context, req any) (any, error) {
 		if s.tooLarge(req) {
 			return nil, rpctypes.ErrGRPCRequestTooLarge
+		}
+		if qc := s.quotas.Begin(id); qc != nil {
+			defer qc.End()
+			if err := reserve(ctx, qc, info.FullMethod); err != nil {
+				return nil, err
+			}
+			ctx = quota.With(ctx, qc)
 		}
 		return handler(forwardContext(s.flowContext(ctx, id, info.FullMethod)), req)
 	})
@@ -67,6 +76,19 @@ func (s *Server) edgeStream(srv any, ss grpc.ServerStream, info *grpc.StreamServ
 	w.WrappedContext = forwardContext(s.flowContext(ss.Context(), id, info.FullMethod))
 	ss = s.authz.Stream(w, id, info.FullMethod)
 	start := time.Now()
+	if qc := s.quotas.Begin(id); qc != nil {
+		defer qc.End()
+		if err := reserve(ss.Context(), qc, info.FullMethod); err != nil {
+			s.accessLog(ss.Context(), id, info.FullMethod, start, err)
+			return err
+		}
+		w.WrappedContext = quota.With(w.WrappedContext, qc)
+		if info.FullMethod == watchMethod {
+			var end func()
+			ss, end = quota.WatchStream(ss, qc)
+			defer end()
+		}
+	}
 	err := wireErr(info.FullMethod, handler(srv, ss))
 	s.accessLog(ss.Context(), id, info.FullMethod, start, err)
 	return err

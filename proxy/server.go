@@ -26,6 +26,7 @@ import (
 	"github.com/coordproxy/coordproxy/passthrough"
 	"github.com/coordproxy/coordproxy/policy"
 	coordproxyv1 "github.com/coordproxy/coordproxy/proto/coordproxy/v1"
+	"github.com/coordproxy/coordproxy/quota"
 	"github.com/coordproxy/coordproxy/rwlock"
 	"github.com/coordproxy/coordproxy/semaphore"
 	"github.com/coordproxy/coordproxy/session"
@@ -72,6 +73,7 @@ type Server struct {
 	access     *etcdio.Etcd
 	granter    *grant.Granter
 	authz      *authz.Authorizer
+	quotas     *quota.Quotas
 	grpc       *grpc.Server
 	health     *health.Server
 	http       *http.Server
@@ -161,6 +163,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		return err
 	}
 	s.authz = authz.New(rules, s.access, s.cfg.Registry, s.log)
+	s.quotas = s.newQuotas(rules)
 	if err := s.newGRPC(); err != nil {
 		return err
 	}
