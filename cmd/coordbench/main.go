@@ -84,6 +84,7 @@ var scenarios = []scenario{
 	{id: "held", title: "distinct locks held by one lease", run: heldScenario, proxyFirst: true, freshEtcd: true},
 	{id: "sessions", title: "sessions held", run: sessionsScenario, proxyFirst: true, freshEtcd: true},
 	{id: "noisy", title: "noisy neighbour: B's Lock under a 128-client flood", run: noisyScenario, tenants: true},
+	{id: "noisywaiters", title: "noisy neighbour: B's Lock beside parked waiters and a 128-client KV flood", run: noisyWaitersScenario, tenants: true},
 }
 
 // bench is one run.

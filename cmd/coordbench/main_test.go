@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -66,6 +67,12 @@ func TestCoordbench_runsEveryScenarioAgainstBoth(t *testing.T) {
 				if v, ok := r.Extra[k].(float64); !ok || v <= 0 {
 					t.Errorf("%s on %s: %s = %v", r.Scenario, r.Target, k, r.Extra[k])
 				}
+			}
+			if lost, ok := r.Extra["b_sessions_lost"].(string); !ok || !strings.HasSuffix(lost, fmt.Sprintf("/%d", noisySessions)) {
+				t.Errorf("%s on %s: b_sessions_lost = %v", r.Scenario, r.Target, r.Extra["b_sessions_lost"])
+			}
+			if p, ok := r.Extra["waiters_parked"]; ok && p.(float64)+r.Extra["waiters_refused"].(float64) != 200 {
+				t.Errorf("%s on %s: %v waiters parked and %v refused, want 200 in all", r.Scenario, r.Target, p, r.Extra["waiters_refused"])
 			}
 			continue
 		}

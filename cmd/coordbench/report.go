@@ -119,12 +119,16 @@ func printNoisyTable(w io.Writer, results []result) {
 		return
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| noisy neighbour | B Lock p99 ms alone / under the flood (ratio) | B rate alone / under the flood (ratio) | B Unlock p99 ms alone / under | flood ops/s alone / with B |")
-	fmt.Fprintln(w, "|---|---|---|---|---|")
+	fmt.Fprintln(w, "| noisy neighbour | B Lock p99 ms alone / under the flood (ratio) | B rate alone / under the flood (ratio) | B Unlock p99 ms alone / under | B sessions lost | flood ops/s alone / with B |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|")
 	for _, r := range rows {
 		x := r.Extra
-		fmt.Fprintf(w, "| %s | %v / %v (%v×) | %v / %.1f (%v×) | %v / %v | %v / %v |\n", r.Target,
+		flood := fmt.Sprintf("%v / %v", x["flood_alone_ops"], x["flood_ops"])
+		if p, ok := x["waiters_parked"]; ok {
+			flood += fmt.Sprintf(" (%v waiters parked, %v refused)", p, x["waiters_refused"])
+		}
+		fmt.Fprintf(w, "| %s: %s | %v / %v (%v×) | %v / %.1f (%v×) | %v / %v | %v | %s |\n", r.Scenario, r.Target,
 			x["b_alone_p99_ms"], r.P99MS, x["b_p99_ratio"], x["b_alone_ops"], r.Ops, x["b_rate_ratio"],
-			x["b_unlock_alone_p99_ms"], x["b_unlock_p99_ms"], x["flood_alone_ops"], x["flood_ops"])
+			x["b_unlock_alone_p99_ms"], x["b_unlock_p99_ms"], x["b_sessions_lost"], flood)
 	}
 }
