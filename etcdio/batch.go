@@ -25,7 +25,11 @@ import (
 // nothing. The rules, each tested:
 //   - only requests made under the same credentials share a batch (the same
 //     etcd client, the same forwarded token and hasleader metadata): a
-//     caller's token never rides in another's request;
+//     caller's token never rides in another's request; and only requests of
+//     the same Tenant (a caller's identity, flow.go), so that a tenant's
+//     flood keeps its own rounds: another tenant's transaction is sent at
+//     once beside them rather than after them, and answered without
+//     waiting for theirs;
 //   - never two transactions whose key prefixes nest (or are the same): two
 //     keys created in one revision would tie a queue's order;
 //   - at most maxBatch transactions and about maxBatchBytes a batch, under
@@ -84,10 +88,12 @@ func (e *Etcd) sendAlone(ctx context.Context, t Txn) (*clientv3.TxnResponse, err
 type batchGroup struct {
 	client           *clientv3.Client
 	token, hasLeader string
+	tenant           Tenant
 }
 
 func (e *Etcd) groupOf(ctx context.Context) batchGroup {
 	g := batchGroup{client: e.For(ctx)}
+	g.tenant, _ = flowFrom(ctx).flow.(Tenant)
 	if md, ok := metadata.FromOutgoingContext(ctx); ok {
 		g.token = strings.Join(md.Get(rpctypes.TokenFieldNameGRPC), ",")
 		g.hasLeader = strings.Join(md.Get(rpctypes.MetadataRequireLeaderKey), ",")

@@ -230,6 +230,39 @@ func TestSendTxn_otherCredentialsAreNeverBatchedTogether(t *testing.T) {
 	}
 }
 
+// Tenants (callers' identities) never share a batch: one queued behind a
+// busy tenant's group is sent at once, and the busy tenant's queued ones
+// still wait for their own round. Flows that are not tenants share.
+func TestSendTxn_tenantsHaveBatchesOfTheirOwn(t *testing.T) {
+	e, kv, _ := dial(t)
+	ctx := proxytest.Ctx(t)
+	lease, err := kv.Grant(ctx, 600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := etcdio.WithFlow(ctx, etcdio.Tenant("tenant-a"), etcdio.PriorityAcquire)
+	b := etcdio.WithFlow(ctx, etcdio.Tenant("tenant-b"), etcdio.PriorityAcquire)
+	release := etcdio.HoldBatches(e, a)
+	defer release()
+	w := queue(t, e, a, putIfAbsent("a/k", lease.ID, "a/"), 1)
+	c := proxytest.Go(func() error {
+		_, err := e.SendTxn(b, putIfAbsent("b/k", lease.ID, "b/"))
+		return err
+	})
+	if err := c.Wait(t); err != nil { // fails if it queued behind tenant A's
+		t.Fatal(err)
+	}
+	if w.call.Returned() || etcdio.Pending(e, a) != 1 {
+		t.Fatal("tenant A's transaction went with tenant B's")
+	}
+	// Two connections (flows that are not tenants) share a group.
+	conn1 := etcdio.WithFlow(ctx, "conn-1", etcdio.PriorityAcquire)
+	conn2 := etcdio.WithFlow(ctx, "conn-2", etcdio.PriorityAcquire)
+	releaseConns := etcdio.HoldBatches(e, conn1)
+	queue(t, e, conn2, putIfAbsent("c/k", lease.ID, "c/"), 1)
+	releaseConns()
+}
+
 // With BatchAlways a transaction alone goes nested too, and answers as it
 // would alone: its compares decide, a failure is etcd's own answer to it.
 func TestSendTxn_batchAlwaysNestsALoneTransactionAndAnswersAsAlone(t *testing.T) {

@@ -53,6 +53,14 @@ func (p Priority) String() string {
 	return "pass"
 }
 
+// Tenant is a flow that is a caller's identity. A tenant's transactions
+// share group-commit batches only with the same tenant's (batch.go), so
+// that one tenant's round in flight never holds another's transaction and
+// its answer, and one tenant's failing transaction never sends another's
+// again alone. Flows that are not tenants (connections of callers without
+// an identity) share batches.
+type Tenant string
+
 type flowKey struct{}
 
 type flowOf struct {

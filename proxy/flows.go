@@ -49,12 +49,13 @@ func (s *Server) flowContext(ctx context.Context, id, method string) context.Con
 	return etcdio.WithFlow(ctx, flowOf(ctx, id), p)
 }
 
-// flowOf is the caller's identity id, else its connection (the address
-// gRPC keeps for it: one value for every call on it); nothing is built per
-// call.
+// flowOf is the caller's identity id (an etcdio.Tenant: its transactions
+// have group-commit batches of their own), else its connection (the
+// address gRPC keeps for it: one value for every call on it); nothing is
+// built per call.
 func flowOf(ctx context.Context, id string) any {
 	if id != authz.Anonymous {
-		return id
+		return etcdio.Tenant(id)
 	}
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		return p.Addr
