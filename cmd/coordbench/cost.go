@@ -39,7 +39,7 @@ func (b *bench) costNow(ctx context.Context, proxy *child) costSnapshot {
 	if v, err := proxy.cpu(); err == nil {
 		s.proxyCPU = v
 	}
-	if fams, err := readMetrics(ctx, "http://"+proxy.addr); err == nil {
+	if fams, err := readMetrics(ctx, proxy.metricsBase()); err == nil {
 		if _, ok := fams["go_memstats_mallocs_total"]; ok {
 			s.proxyAllocs = sumMetric(fams, "go_memstats_mallocs_total", nil)
 		}

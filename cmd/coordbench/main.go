@@ -83,6 +83,7 @@ var scenarios = []scenario{
 	{id: "waiters", title: "blocked Lock waiters on 1 name", run: waitersScenario, proxyFirst: true, freshEtcd: true},
 	{id: "held", title: "distinct locks held by one lease", run: heldScenario, proxyFirst: true, freshEtcd: true},
 	{id: "sessions", title: "sessions held", run: sessionsScenario, proxyFirst: true, freshEtcd: true},
+	{id: "watchers", title: "KV watchers of one prefix, one writer", run: watchersScenario},
 	{id: "noisy", title: "noisy neighbour: B's Lock under a 128-client flood", run: noisyScenario, tenants: true},
 	{id: "noisywaiters", title: "noisy neighbour: B's Lock beside parked waiters and a 128-client KV flood", run: noisyWaitersScenario, tenants: true},
 }
@@ -93,6 +94,7 @@ type bench struct {
 	observers      int
 	waiters        int
 	held           int
+	watchers       int
 	sessions       int
 	sessionWindow  time.Duration
 	waitersTimeout time.Duration
@@ -103,6 +105,7 @@ type bench struct {
 	etcdURL            string
 	etcd, proxy        *child
 	policed            *child // with -policy: a second proxy with a policy in force
+	peer               *child // with -peer: etcd's own grpc-proxy
 	tenants            *child // for the noisy scenario: a proxy asking for client certificates
 	pki                *tenantPKI
 	progressOut        io.Writer
@@ -157,6 +160,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	observers := fs.Int("observers", 128, "Observe streams in the fan-out scenario")
 	waiters := fs.Int("waiters", 10000, "blocked Lock calls in the waiters scenario")
 	held := fs.Int("held", 10000, "distinct locks one lease holds in the held scenario")
+	watchers := fs.Int("watchers", 1000, "KV watchers of one prefix in the watchers scenario")
 	sessionWindow := fs.Duration("session-window", client.DefaultWindow, "the window of the sessions scenario's sessions (a heartbeat every quarter of it)")
 	sessions := fs.Int("sessions", 10000, "sessions held at once in the sessions scenario (heartbeating through the proxy; concurrency.Session natively)")
 	waitersTimeout := fs.Duration("waiters-timeout", 90*time.Second, "bound for parking the waiters, per target")
@@ -174,6 +178,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		proxyEnv = append(proxyEnv, v)
 		return nil
 	})
+	withPeer := fs.Bool("peer", false, "also run every scenario but the noisy neighbour's through etcd's own grpc-proxy (`etcd grpc-proxy start`, target grpc-proxy) in front of the same etcd, and print native / grpc-proxy / coordproxy side by side")
 	withPolicy := fs.Bool("policy", false, "also run the timed scenarios through a second proxy with a policy in force that allows them (target coordproxy+policy), to compare what the policy costs allowed calls")
 	etcdCPU := fs.Float64("etcd-cpu", 0, "cap etcd's process at this many CPUs (a cgroup; needs root), so that etcd is the bottleneck, as a shared etcd is; 0: no cap")
 	pin := fs.Bool("pin", false, "the sidecar layout: etcd on CPU 0, coordbench and the proxy on the other CPUs (needs at least 2)")
@@ -213,7 +218,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	b := &bench{duration: *duration, observers: *observers, waiters: *waiters, held: *held, sessions: *sessions, sessionWindow: *sessionWindow, waitersTimeout: *waitersTimeout,
+	b := &bench{duration: *duration, observers: *observers, waiters: *waiters, held: *held, watchers: *watchers, sessions: *sessions, sessionWindow: *sessionWindow, waitersTimeout: *waitersTimeout,
 		heapProfile: *heapprofile, progressOut: stderr, runID: fmt.Sprintf("%x", time.Now().UnixNano()),
 		etcdCPUs: etcdCPUs, restCPUs: rest}
 	ownEtcd := *endpoints == ""
@@ -293,6 +298,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 			b.policed = pp
 			fmt.Fprintf(stderr, "coordproxy+policy %s\n", pp.addr)
 		}
+		if *withPeer {
+			gp, err := startChild(nil, roleGRPCProxy, b.etcdURL)
+			if err != nil {
+				return fmt.Errorf("etcd's grpc-proxy: %w", err)
+			}
+			gp.metrics = "http://" + gp.addr + "/proxy"
+			b.peer = gp
+			fmt.Fprintf(stderr, "etcd's grpc-proxy %s\n", gp.addr)
+		}
 		if b.pki != nil {
 			tp, err := startChild(append(slices.Clip(proxyEnv), "COORDBENCH_PROXY_TLS="+b.pki.certFile+","+b.pki.keyFile+","+b.pki.caFile),
 				roleProxy, b.etcdURL, "", strconv.Itoa(*maxEtcdRequests))
@@ -306,7 +320,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return nil
 	}
 	stopAll := func() {
-		for _, c := range []*child{b.proxy, b.policed, b.tenants, b.etcd} {
+		for _, c := range []*child{b.proxy, b.policed, b.peer, b.tenants, b.etcd} {
 			if c != nil {
 				c.stop()
 			}
@@ -349,6 +363,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			title = fmt.Sprintf("%d %s", b.held, s.title)
 		case "sessions":
 			title = fmt.Sprintf("%d %s", b.sessions, s.title)
+		case "watchers":
+			title = fmt.Sprintf("%d %s", b.watchers, s.title)
 		}
 		order := []target{native, proxied}
 		if s.proxyFirst {
@@ -357,11 +373,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if b.policed != nil && !s.freshEtcd && !s.tenants {
 			order = append(order, target{name: "coordproxy+policy", addr: b.policed.addr})
 		}
+		if b.peer != nil && !s.tenants {
+			order = append(order, target{name: "grpc-proxy", addr: b.peer.addr})
+		}
 		for _, t := range order {
 			served := b.proxy
 			switch {
 			case t.name == "coordproxy+policy":
 				served = b.policed
+			case t.name == "grpc-proxy":
+				served = b.peer
 			case s.tenants:
 				served = b.tenants
 			}
@@ -387,6 +408,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if b.policed != nil {
 		fmt.Fprintln(stdout)
 		printPolicyTable(stdout, results)
+	}
+	if b.peer != nil {
+		fmt.Fprintln(stdout)
+		printPeerTable(stdout, results)
 	}
 	if *jsonOut != "" {
 		out, _ := json.MarshalIndent(results, "", "  ")

@@ -29,7 +29,7 @@ func TestCoordbench_runsEveryScenarioAgainstBoth(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "bench.json")
 	var stdout, stderr bytes.Buffer
 	dataDir := filepath.Join(t.TempDir(), "etcd")
-	code := run([]string{"-duration", "300ms", "-observers", "8", "-waiters", "200", "-waiters-timeout", "60s", "-held", "200", "-sessions", "50",
+	code := run([]string{"-duration", "300ms", "-observers", "8", "-waiters", "200", "-waiters-timeout", "60s", "-held", "200", "-sessions", "50", "-watchers", "20",
 		"-data-dir", dataDir, "-json", out}, &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("exit %d\n%s", code, stderr.String())
@@ -163,5 +163,58 @@ func TestCoordbench_etcdCPU(t *testing.T) {
 		if left, _ := filepath.Glob(filepath.Join(dir, "coordbench-*")); len(left) > 0 {
 			t.Errorf("cgroups left behind: %v", left)
 		}
+	}
+}
+
+// -peer: etcd's own grpc-proxy as a third target, its costs measured like
+// the proxy's; every watcher receives every event in order on all three.
+func TestCoordbench_peerIsAThirdTarget(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: the benchmark's end-to-end run is in the full suite")
+	}
+	out := filepath.Join(t.TempDir(), "bench.json")
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"-peer", "-scenarios", "uncontended,watchers", "-duration", "300ms", "-watchers", "20",
+		"-data-dir", filepath.Join(t.TempDir(), "etcd"), "-json", out}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d\n%s", code, stderr.String())
+	}
+	var results []result
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &results); err != nil {
+		t.Fatal(err)
+	}
+	targets := map[string]int{}
+	for _, r := range results {
+		targets[r.Target]++
+		if r.Count == 0 {
+			t.Errorf("%s on %s: nothing done", r.Scenario, r.Target)
+		}
+		if r.Target == "grpc-proxy" {
+			for _, k := range []string{"proxy_cpu_us_per_op", "proxy_allocs_per_op", "etcd_requests_per_op"} {
+				if _, ok := r.Extra[k]; !ok {
+					t.Errorf("%s on grpc-proxy: no %s", r.Scenario, k)
+				}
+			}
+		}
+		if _, ok := r.Extra["watchers"]; ok {
+			for _, k := range []string{"events_missed", "events_misordered", "puts_undelivered"} {
+				if r.Extra[k].(float64) != 0 {
+					t.Errorf("%s on %s: %s = %v", r.Scenario, r.Target, k, r.Extra[k])
+				}
+			}
+			if r.Target == "etcd" && r.Extra["etcd_watchers_added"].(float64) != 20 {
+				t.Errorf("natively, etcd watchers added for 20 watchers: %v", r.Extra["etcd_watchers_added"])
+			}
+		}
+	}
+	if targets["etcd"] != 2 || targets["grpc-proxy"] != 2 || targets["coordproxy"] != 2 {
+		t.Errorf("results by target: %v, want two each of etcd, grpc-proxy, coordproxy", targets)
+	}
+	if !strings.Contains(stdout.String(), "| grpc-proxy / native |") {
+		t.Errorf("no peer table:\n%s", stdout.String())
 	}
 }

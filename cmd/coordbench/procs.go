@@ -27,7 +27,7 @@ const (
 
 // serveRole runs a child role; it returns false if args name none.
 func serveRole(args []string, stdout, stderr io.Writer) (int, bool) {
-	if len(args) == 0 || (args[0] != roleEtcd && args[0] != roleProxy) {
+	if len(args) == 0 || (args[0] != roleEtcd && args[0] != roleProxy && args[0] != roleGRPCProxy) {
 		return 0, false
 	}
 	// A child ends when its parent does: the parent holds our stdin.
@@ -40,6 +40,8 @@ func serveRole(args []string, stdout, stderr io.Writer) (int, bool) {
 	switch args[0] {
 	case roleEtcd:
 		err = serveEtcd(ctx, args[1], stdout)
+	case roleGRPCProxy:
+		err = serveGRPCProxy(ctx, args[1], stdout)
 	case roleProxy:
 		max, _ := strconv.Atoi(args[3])
 		policyFile := ""
@@ -106,6 +108,17 @@ type child struct {
 	stdin io.WriteCloser
 	addr  string
 	done  chan struct{}
+	// metrics is where the child's own /metrics is ("http://addr" unless
+	// set: etcd's grpc-proxy serves its own at /proxy/metrics).
+	metrics string
+}
+
+// metricsBase is the base URL of the child's own /metrics.
+func (c *child) metricsBase() string {
+	if c.metrics != "" {
+		return c.metrics
+	}
+	return "http://" + c.addr
 }
 
 // startChild starts a role of this binary with env added to its environment.

@@ -56,7 +56,7 @@ func latencies(r result) string {
 func notes(n, p result) string {
 	var parts []string
 	for _, k := range []string{"parked", "seconds_to_park", "etcd_watchers_added", "etcd_watchers_total", "etcd_rss_growth_mib", "proxy_rss_mib", "proxy_stack_mib", "proxy_heap_inuse_mib", "proxy_heap_idle_kept_mib", "proxy_rss_growth_mib", "proclaims_undelivered",
-		"held_etcd_cpu_cores", "held_etcd_requests_per_s", "held_etcd_keepalives_per_s", "held_proxy_cpu_cores", "held_proxy_heartbeats_per_s", "held_proxy_cpu_us_per_heartbeat", "held_clients_cpu_cores", "sessions_ended_while_held", "first_ended_why"} {
+		"held_etcd_cpu_cores", "held_etcd_requests_per_s", "held_etcd_keepalives_per_s", "held_proxy_cpu_cores", "held_proxy_heartbeats_per_s", "held_proxy_cpu_us_per_heartbeat", "held_clients_cpu_cores", "sessions_ended_while_held", "first_ended_why", "puts_undelivered", "events_missed", "events_misordered"} {
 		nv, nok := n.Extra[k]
 		pv, pok := p.Extra[k]
 		if nok || pok {
@@ -130,5 +130,38 @@ func printNoisyTable(w io.Writer, results []result) {
 		fmt.Fprintf(w, "| %s: %s | %v / %v (%v×) | %v / %.1f (%v×) | %v / %v | %v | %s |\n", r.Scenario, r.Target,
 			x["b_alone_p99_ms"], r.P99MS, x["b_p99_ratio"], x["b_alone_ops"], r.Ops, x["b_rate_ratio"],
 			x["b_unlock_alone_p99_ms"], x["b_unlock_p99_ms"], x["b_sessions_lost"], flood)
+	}
+}
+
+// printPeerTable puts etcd's own grpc-proxy beside native etcd and
+// coordproxy: throughput as ratios to native, and what each costs etcd and
+// itself per op.
+func printPeerTable(w io.Writer, results []result) {
+	fmt.Fprintln(w, "| scenario | etcd ops/s | grpc-proxy / native | coordproxy / native | etcd CPU µs/op native / grpc-proxy / coordproxy | proxy CPU µs/op grpc-proxy / coordproxy | etcd requests/op native / grpc-proxy / coordproxy | etcd watch msgs/op native / grpc-proxy / coordproxy | notes native / grpc-proxy / coordproxy |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
+	order, by := byScenario(results)
+	for _, s := range order {
+		n, g, p := by[s]["etcd"], by[s]["grpc-proxy"], by[s]["coordproxy"]
+		if g.Count == 0 {
+			continue
+		}
+		ratio := func(r result) string {
+			if n.Ops <= 0 {
+				return "–"
+			}
+			return fmt.Sprintf("%.2f×", r.Ops/n.Ops)
+		}
+		three := func(k string) string {
+			return show(n.Extra[k]) + " / " + show(g.Extra[k]) + " / " + show(p.Extra[k])
+		}
+		var notes []string
+		for _, k := range []string{"etcd_watchers_added", "puts_undelivered", "events_missed", "events_misordered", "proclaims_undelivered", "parked"} {
+			if _, ok := n.Extra[k]; ok {
+				notes = append(notes, strings.ReplaceAll(k, "_", " ")+" "+three(k))
+			}
+		}
+		fmt.Fprintf(w, "| %s | %.0f | %s | %s | %s | %s / %s | %s | %s | %s |\n", s, n.Ops, ratio(g), ratio(p),
+			three("etcd_cpu_us_per_op"), show(g.Extra["proxy_cpu_us_per_op"]), show(p.Extra["proxy_cpu_us_per_op"]),
+			three("etcd_requests_per_op"), three("etcd_watch_msgs_per_op"), strings.Join(notes, "; "))
 	}
 }
