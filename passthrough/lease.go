@@ -15,12 +15,13 @@ type Lease struct {
 	pb.UnsafeLeaseServer
 	ns   string
 	etcd *etcdio.Etcd
+	ka   keepAlives // the shared keep-alive streams (keepalive.go)
 }
 
 // NewLease returns the Lease pass-through; ns is the proxy's namespace.
 // Grants and revokes go through etcdio's, which run its LeaseHooks.
 func NewLease(etcd *etcdio.Etcd, ns string) *Lease {
-	return &Lease{ns: ns, etcd: etcd}
+	return &Lease{ns: ns, etcd: etcd, ka: keepAlives{etcd: etcd}}
 }
 
 // LeaseGrant passes etcd's Lease.LeaseGrant through.
@@ -53,19 +54,6 @@ func (l *Lease) LeaseTimeToLive(ctx context.Context, r *pb.LeaseTimeToLiveReques
 // LeaseLeases passes etcd's Lease.LeaseLeases through.
 func (l *Lease) LeaseLeases(ctx context.Context, r *pb.LeaseLeasesRequest) (*pb.LeaseLeasesResponse, error) {
 	return l.lc(ctx).LeaseLeases(ctx, r)
-}
-
-// LeaseKeepAlive relays one client stream over one upstream stream. It ends
-// when either side ends, and with Unavailable when the proxy stops.
-func (l *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
-	ctx, cancel := l.etcd.WithStop(stream.Context())
-	defer cancel()
-	up, err := l.lc(ctx).LeaseKeepAlive(ctx)
-	if err != nil {
-		return etcdio.StopErr(ctx, err)
-	}
-	err = relay(cancel, stream, up, func(*pb.LeaseKeepAliveRequest) error { return nil }, func(*pb.LeaseKeepAliveResponse) {})
-	return etcdio.StopErr(ctx, err)
 }
 
 // lc is etcd's Lease service, reached as the caller (see etcdio.Etcd.For).
