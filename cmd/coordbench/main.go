@@ -83,6 +83,7 @@ var scenarios = []scenario{
 	{id: "waiters", title: "blocked Lock waiters on 1 name", run: waitersScenario, proxyFirst: true, freshEtcd: true},
 	{id: "held", title: "distinct locks held by one lease", run: heldScenario, proxyFirst: true, freshEtcd: true},
 	{id: "sessions", title: "sessions held", run: sessionsScenario, proxyFirst: true, freshEtcd: true},
+	{id: "keepalives", title: "leases kept alive over 64 connections", run: keepalivesScenario},
 	{id: "watchers", title: "KV watchers of one prefix, one writer", run: watchersScenario},
 	{id: "noisy", title: "noisy neighbour: B's Lock under a 128-client flood", run: noisyScenario, tenants: true},
 	{id: "noisywaiters", title: "noisy neighbour: B's Lock beside parked waiters and a 128-client KV flood", run: noisyWaitersScenario, tenants: true},
@@ -95,6 +96,7 @@ type bench struct {
 	waiters        int
 	held           int
 	watchers       int
+	leases         int
 	sessions       int
 	sessionWindow  time.Duration
 	waitersTimeout time.Duration
@@ -161,6 +163,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	waiters := fs.Int("waiters", 10000, "blocked Lock calls in the waiters scenario")
 	held := fs.Int("held", 10000, "distinct locks one lease holds in the held scenario")
 	watchers := fs.Int("watchers", 1000, "KV watchers of one prefix in the watchers scenario")
+	leases := fs.Int("leases", 10000, "leases kept alive in the keepalives scenario")
 	sessionWindow := fs.Duration("session-window", client.DefaultWindow, "the window of the sessions scenario's sessions (a heartbeat every quarter of it)")
 	sessions := fs.Int("sessions", 10000, "sessions held at once in the sessions scenario (heartbeating through the proxy; concurrency.Session natively)")
 	waitersTimeout := fs.Duration("waiters-timeout", 90*time.Second, "bound for parking the waiters, per target")
@@ -218,7 +221,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	b := &bench{duration: *duration, observers: *observers, waiters: *waiters, held: *held, watchers: *watchers, sessions: *sessions, sessionWindow: *sessionWindow, waitersTimeout: *waitersTimeout,
+	b := &bench{duration: *duration, observers: *observers, waiters: *waiters, held: *held, watchers: *watchers, leases: *leases, sessions: *sessions, sessionWindow: *sessionWindow, waitersTimeout: *waitersTimeout,
 		heapProfile: *heapprofile, progressOut: stderr, runID: fmt.Sprintf("%x", time.Now().UnixNano()),
 		etcdCPUs: etcdCPUs, restCPUs: rest}
 	ownEtcd := *endpoints == ""
@@ -365,6 +368,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			title = fmt.Sprintf("%d %s", b.sessions, s.title)
 		case "watchers":
 			title = fmt.Sprintf("%d %s", b.watchers, s.title)
+		case "keepalives":
+			title = fmt.Sprintf("%d %s", b.leases, s.title)
 		}
 		order := []target{native, proxied}
 		if s.proxyFirst {
@@ -401,18 +406,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			break
 		}
 	}
-	printTable(stdout, results)
-	fmt.Fprintln(stdout)
-	printCostTable(stdout, results)
-	printNoisyTable(stdout, results)
-	if b.policed != nil {
-		fmt.Fprintln(stdout)
-		printPolicyTable(stdout, results)
-	}
-	if b.peer != nil {
-		fmt.Fprintln(stdout)
-		printPeerTable(stdout, results)
-	}
+	printTables(stdout, results, b.policed != nil, b.peer != nil)
 	if *jsonOut != "" {
 		out, _ := json.MarshalIndent(results, "", "  ")
 		if err := os.WriteFile(*jsonOut, append(out, '\n'), 0o644); err != nil {

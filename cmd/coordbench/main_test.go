@@ -29,7 +29,7 @@ func TestCoordbench_runsEveryScenarioAgainstBoth(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "bench.json")
 	var stdout, stderr bytes.Buffer
 	dataDir := filepath.Join(t.TempDir(), "etcd")
-	code := run([]string{"-duration", "300ms", "-observers", "8", "-waiters", "200", "-waiters-timeout", "60s", "-held", "200", "-sessions", "50", "-watchers", "20",
+	code := run([]string{"-duration", "300ms", "-observers", "8", "-waiters", "200", "-waiters-timeout", "60s", "-held", "200", "-sessions", "50", "-watchers", "20", "-leases", "200",
 		"-data-dir", dataDir, "-json", out}, &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("exit %d\n%s", code, stderr.String())
@@ -167,14 +167,15 @@ func TestCoordbench_etcdCPU(t *testing.T) {
 }
 
 // -peer: etcd's own grpc-proxy as a third target, its costs measured like
-// the proxy's; every watcher receives every event in order on all three.
+// the proxy's; every watcher receives every event in order on all three;
+// keep-alives through coordproxy cost etcd one stream.
 func TestCoordbench_peerIsAThirdTarget(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: the benchmark's end-to-end run is in the full suite")
 	}
 	out := filepath.Join(t.TempDir(), "bench.json")
 	var stdout, stderr bytes.Buffer
-	code := run([]string{"-peer", "-scenarios", "uncontended,watchers", "-duration", "300ms", "-watchers", "20",
+	code := run([]string{"-peer", "-scenarios", "uncontended,watchers,keepalives", "-duration", "300ms", "-watchers", "20", "-leases", "200",
 		"-data-dir", filepath.Join(t.TempDir(), "etcd"), "-json", out}, &stdout, &stderr)
 	if code != 0 {
 		t.Fatalf("exit %d\n%s", code, stderr.String())
@@ -210,9 +211,19 @@ func TestCoordbench_peerIsAThirdTarget(t *testing.T) {
 				t.Errorf("natively, etcd watchers added for 20 watchers: %v", r.Extra["etcd_watchers_added"])
 			}
 		}
+		if _, ok := r.Extra["leases"]; ok {
+			// Natively a stream per connection; through coordproxy one.
+			want := map[string]float64{"etcd": 64, "coordproxy": 1}
+			if w, ok := want[r.Target]; ok && r.Extra["etcd_keepalive_streams_open"].(float64) != w {
+				t.Errorf("%s on %s: %v etcd keep-alive streams, want %v", r.Scenario, r.Target, r.Extra["etcd_keepalive_streams_open"], w)
+			}
+			if r.Extra["leases_lost"].(float64) != 0 {
+				t.Errorf("%s on %s: %v leases lost", r.Scenario, r.Target, r.Extra["leases_lost"])
+			}
+		}
 	}
-	if targets["etcd"] != 2 || targets["grpc-proxy"] != 2 || targets["coordproxy"] != 2 {
-		t.Errorf("results by target: %v, want two each of etcd, grpc-proxy, coordproxy", targets)
+	if targets["etcd"] != 3 || targets["grpc-proxy"] != 3 || targets["coordproxy"] != 3 {
+		t.Errorf("results by target: %v, want three each of etcd, grpc-proxy, coordproxy", targets)
 	}
 	if !strings.Contains(stdout.String(), "| grpc-proxy / native |") {
 		t.Errorf("no peer table:\n%s", stdout.String())

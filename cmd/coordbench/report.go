@@ -9,6 +9,23 @@ import (
 // The tables coordbench prints: one per frame, native and proxy side by
 // side, with ratios and costs.
 
+// printTables prints every table the results have: the main one, costs,
+// the noisy neighbour's, and with -policy and -peer their comparisons.
+func printTables(w io.Writer, results []result, policy, peer bool) {
+	printTable(w, results)
+	fmt.Fprintln(w)
+	printCostTable(w, results)
+	printNoisyTable(w, results)
+	if policy {
+		fmt.Fprintln(w)
+		printPolicyTable(w, results)
+	}
+	if peer {
+		fmt.Fprintln(w)
+		printPeerTable(w, results)
+	}
+}
+
 // printPolicyTable compares the proxy with and without a policy in force.
 func printPolicyTable(w io.Writer, results []result) {
 	fmt.Fprintln(w, "| scenario | coordproxy ops/s | with a policy | ratio | coordproxy CPU µs/op without / with | allocs/op without / with | etcd requests/op without / with |")
@@ -56,7 +73,7 @@ func latencies(r result) string {
 func notes(n, p result) string {
 	var parts []string
 	for _, k := range []string{"parked", "seconds_to_park", "etcd_watchers_added", "etcd_watchers_total", "etcd_rss_growth_mib", "proxy_rss_mib", "proxy_stack_mib", "proxy_heap_inuse_mib", "proxy_heap_idle_kept_mib", "proxy_rss_growth_mib", "proclaims_undelivered",
-		"held_etcd_cpu_cores", "held_etcd_requests_per_s", "held_etcd_keepalives_per_s", "held_proxy_cpu_cores", "held_proxy_heartbeats_per_s", "held_proxy_cpu_us_per_heartbeat", "held_clients_cpu_cores", "sessions_ended_while_held", "first_ended_why", "puts_undelivered", "events_missed", "events_misordered"} {
+		"held_etcd_cpu_cores", "held_etcd_requests_per_s", "held_etcd_keepalives_per_s", "held_proxy_cpu_cores", "held_proxy_heartbeats_per_s", "held_proxy_cpu_us_per_heartbeat", "held_clients_cpu_cores", "sessions_ended_while_held", "first_ended_why", "puts_undelivered", "events_missed", "events_misordered", "etcd_keepalive_streams_open", "etcd_keepalives_per_answer", "leases_lost"} {
 		nv, nok := n.Extra[k]
 		pv, pok := p.Extra[k]
 		if nok || pok {
@@ -155,7 +172,7 @@ func printPeerTable(w io.Writer, results []result) {
 			return show(n.Extra[k]) + " / " + show(g.Extra[k]) + " / " + show(p.Extra[k])
 		}
 		var notes []string
-		for _, k := range []string{"etcd_watchers_added", "puts_undelivered", "events_missed", "events_misordered", "proclaims_undelivered", "parked"} {
+		for _, k := range []string{"etcd_watchers_added", "puts_undelivered", "events_missed", "events_misordered", "proclaims_undelivered", "parked", "etcd_keepalive_streams_open", "etcd_keepalives_per_answer", "leases_lost"} {
 			if _, ok := n.Extra[k]; ok {
 				notes = append(notes, strings.ReplaceAll(k, "_", " ")+" "+three(k))
 			}
