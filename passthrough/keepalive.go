@@ -15,21 +15,34 @@ import (
 )
 
 // Merged keep-alives: the LeaseKeepAlive streams of every client of a
-// replica share one etcd stream per credentials (the etcd client, the
-// caller's token and hasleader metadata, so that a caller's token never
+// replica share the etcd streams of their credentials (the etcd client,
+// the caller's token and hasleader metadata, so that a caller's token never
 // carries another's keep-alive), where one stream per client would cost
-// etcd a stream each. The proxy sends each client request on as it
-// arrives and never one of its own, so a lease lives in etcd no longer
-// than natively after its client stops; each request gets exactly one
-// response, etcd's answer to it: etcd answers a stream's keep-alives one at
-// a time, in order, so the answers for a lease come back in the order its
-// requests were sent, and each goes to the client whose request was the
-// oldest unanswered one for that lease. A client that closes its side gets
-// the answers to what it sent, then the end of its stream, as from etcd.
-// When the shared stream fails (etcd stops, has no leader for a hasleader
-// stream, the member is gone), every client stream on it ends with that
-// error, as each would have natively; the next client stream opens a new
-// one. An etcd stream with no client stream left is closed.
+// etcd a stream each. The proxy sends each client request on as it comes
+// and never one of its own, so a lease lives in etcd no longer than
+// natively after its client stops (etcd-io/etcd#13031 is grpc-proxy's
+// failing at this).
+//
+// One etcd stream while it keeps up: etcd handles a stream's keep-alives one
+// at a time, and a follower forwards each to the leader, so one stream
+// carries only so many a second (through a follower here, ~2 300: 10 000
+// leases renewed every 2 s lost a third of them). When every stream of the
+// credentials has kaSpread keep-alives unanswered, another is opened, up to
+// kaStreams; each request goes to the stream with the fewest unanswered.
+// etcd answers a stream's keep-alives in order, so each answer goes to the
+// request for its lease that is the oldest unanswered on that stream, and
+// a client gets its answers in the order of its requests (an answer that
+// comes early waits for the earlier ones), exactly one each. A client that
+// closes its side gets the answers to what it sent, then the end of its
+// stream. When an etcd stream fails (etcd stops, has no leader for a
+// hasleader stream, the member is gone), every client stream of those
+// credentials ends with that error, as each would have natively, and the
+// next client stream starts afresh. Streams with no client left are closed.
+
+const (
+	kaStreams = 8
+	kaSpread  = 16
+)
 
 type kaKey struct {
 	client           *clientv3.Client
@@ -38,40 +51,44 @@ type kaKey struct {
 
 // keepAlives is a replica's shared keep-alive streams, by credentials.
 type keepAlives struct {
-	etcd *etcdio.Etcd
-	mu   sync.Mutex
-	ups  map[kaKey]*kaUp
+	etcd   *etcdio.Etcd
+	mu     sync.Mutex
+	groups map[kaKey]*kaGroup
 }
 
-// kaUp is one shared etcd stream.
-type kaUp struct {
+// kaGroup is one credentials' etcd streams and the client streams on them.
+type kaGroup struct {
 	ka     *keepAlives
 	key    kaKey
-	stream pb.Lease_LeaseKeepAliveClient
+	ctx    context.Context // the etcd streams', with the credentials
 	cancel context.CancelFunc
 
-	sendMu sync.Mutex // Send, and the order of waiting with it
-
-	mu      sync.Mutex
-	waiting map[int64][]*kaDown // by lease: the client streams awaiting etcd's answer, oldest first
-	downs   int                 // client streams attached
-	err     error               // the stream's end, once ended
-	ended   chan struct{}
+	mu    sync.Mutex
+	ups   []*kaUp
+	downs int           // client streams attached
+	err   error         // the first etcd stream's failure
+	ended chan struct{} // closed with err
 }
 
-// kaDown is one client stream's side of a shared stream.
+// kaUp is one etcd stream.
+type kaUp struct {
+	stream      pb.Lease_LeaseKeepAliveClient
+	sendMu      sync.Mutex           // Send, and the order of waiting with it
+	waiting     map[int64][]*kaSlot // by lease, oldest first; under kaGroup.mu
+	outstanding int                 // under kaGroup.mu
+}
+
+// kaSlot is one client request's answer, to come.
+type kaSlot struct {
+	d    *kaDown // nil once its client went away
+	resp *pb.LeaseKeepAliveResponse
+}
+
+// kaDown is one client stream.
 type kaDown struct {
-	mu      sync.Mutex
-	answers []*pb.LeaseKeepAliveResponse // to send to the client, in order
-	pending int                          // requests sent on, not yet answered
-	notify  chan struct{}                // a value when answers or pending change (cap 1)
-}
-
-func (d *kaDown) poke() {
-	select {
-	case d.notify <- struct{}{}:
-	default:
-	}
+	mu     sync.Mutex
+	slots  []*kaSlot     // its requests' answers, in the order it sent them
+	notify chan struct{} // a value when an answer came (cap 1)
 }
 
 func kaKeyOf(ctx context.Context, e *etcdio.Etcd) kaKey {
@@ -83,23 +100,25 @@ func kaKeyOf(ctx context.Context, e *etcdio.Etcd) kaKey {
 	return k
 }
 
-// attach is the shared stream of ctx's credentials, opened if there is
-// none (or the last one ended), with one more client stream on it.
-func (ka *keepAlives) attach(ctx context.Context) (*kaUp, error) {
+// attach puts a client stream on the group of ctx's credentials, made if
+// there is none (or the last one ended) with its first etcd stream open at
+// once: etcd ends a hasleader stream when it has no leader, and a client
+// that has sent nothing yet must learn it too.
+func (ka *keepAlives) attach(ctx context.Context) (*kaGroup, error) {
 	key := kaKeyOf(ctx, ka.etcd)
 	ka.mu.Lock()
 	defer ka.mu.Unlock()
-	if up := ka.ups[key]; up != nil {
-		up.mu.Lock()
-		if up.err == nil {
-			up.downs++
-			up.mu.Unlock()
-			return up, nil
+	if g := ka.groups[key]; g != nil {
+		g.mu.Lock()
+		if g.err == nil {
+			g.downs++
+			g.mu.Unlock()
+			return g, nil
 		}
-		up.mu.Unlock()
+		g.mu.Unlock()
 	}
-	// The stream outlives the client that opens it: only the caller's
-	// credentials go with it.
+	// The streams outlive the client that opens them: only the caller's
+	// credentials go with them.
 	var kv []string
 	if key.token != "" {
 		kv = append(kv, rpctypes.TokenFieldNameGRPC, key.token)
@@ -111,119 +130,166 @@ func (ka *keepAlives) attach(ctx context.Context) (*kaUp, error) {
 	if len(kv) > 0 {
 		sctx = metadata.AppendToOutgoingContext(sctx, kv...)
 	}
-	stream, err := pb.NewLeaseClient(ka.etcd.Conn(sctx)).LeaseKeepAlive(sctx)
-	if err != nil {
+	g := &kaGroup{ka: ka, key: key, ctx: sctx, cancel: cancel, downs: 1, ended: make(chan struct{})}
+	if _, err := g.streamLocked(); err != nil {
 		cancel()
-		return nil, etcdio.StopErr(sctx, err)
+		return nil, err
 	}
-	up := &kaUp{ka: ka, key: key, stream: stream, cancel: cancel, waiting: map[int64][]*kaDown{}, downs: 1, ended: make(chan struct{})}
-	if ka.ups == nil {
-		ka.ups = map[kaKey]*kaUp{}
+	if ka.groups == nil {
+		ka.groups = map[kaKey]*kaGroup{}
 	}
-	ka.ups[key] = up
-	go up.receive(sctx)
-	return up, nil
+	ka.groups[key] = g
+	return g, nil
 }
 
-// detach takes a client stream off up; the last one closes it.
-func (up *kaUp) detach(d *kaDown) {
-	up.ka.mu.Lock()
-	defer up.ka.mu.Unlock()
-	up.mu.Lock()
-	defer up.mu.Unlock()
-	// Answers still due to d are dropped when they come; each keeps its
-	// turn, so that the others' answers go to them.
-	for _, q := range up.waiting {
-		for i, x := range q {
-			if x == d {
-				q[i] = nil
+// detach takes d off g; the last client closes g's etcd streams. Answers
+// still due to d are dropped when they come (each keeps its turn).
+func (g *kaGroup) detach(d *kaDown) {
+	g.ka.mu.Lock()
+	defer g.ka.mu.Unlock()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, up := range g.ups {
+		for _, q := range up.waiting {
+			for _, s := range q {
+				if s.d == d {
+					s.d = nil
+				}
 			}
 		}
 	}
-	up.downs--
-	if up.downs == 0 {
-		if up.ka.ups[up.key] == up {
-			delete(up.ka.ups, up.key)
+	g.downs--
+	if g.downs == 0 {
+		if g.ka.groups[g.key] == g {
+			delete(g.ka.groups, g.key)
 		}
-		up.cancel()
+		g.cancel()
 	}
+}
+
+// fail ends g with err: every client stream on it ends with it.
+func (g *kaGroup) fail(err error) {
+	g.mu.Lock()
+	if g.err == nil {
+		g.err = etcdio.StopErr(g.ctx, err)
+		close(g.ended)
+	}
+	g.mu.Unlock()
+	g.ka.mu.Lock()
+	if g.ka.groups[g.key] == g {
+		delete(g.ka.groups, g.key)
+	}
+	g.ka.mu.Unlock()
+	g.cancel()
+}
+
+// stream is the etcd stream the next request goes on: the one with the
+// fewest unanswered, or a new one when every one has kaSpread. Under g.mu.
+func (g *kaGroup) streamLocked() (*kaUp, error) {
+	var best *kaUp
+	for _, up := range g.ups {
+		if best == nil || up.outstanding < best.outstanding {
+			best = up
+		}
+	}
+	if best != nil && (best.outstanding < kaSpread || len(g.ups) == kaStreams) {
+		return best, nil
+	}
+	stream, err := pb.NewLeaseClient(g.ka.etcd.Conn(g.ctx)).LeaseKeepAlive(g.ctx)
+	if err != nil {
+		if best != nil {
+			return best, nil
+		}
+		return nil, etcdio.StopErr(g.ctx, err)
+	}
+	up := &kaUp{stream: stream, waiting: map[int64][]*kaSlot{}}
+	g.ups = append(g.ups, up)
+	go g.receive(up)
+	return up, nil
 }
 
 // send sends req on for d.
-func (up *kaUp) send(d *kaDown, req *pb.LeaseKeepAliveRequest) error {
+func (g *kaGroup) send(d *kaDown, req *pb.LeaseKeepAliveRequest) error {
+	g.mu.Lock()
+	if g.err != nil {
+		g.mu.Unlock()
+		return g.err
+	}
+	up, err := g.streamLocked()
+	if err != nil {
+		g.mu.Unlock()
+		return err
+	}
+	g.mu.Unlock()
+	slot := &kaSlot{d: d}
+	d.mu.Lock()
+	d.slots = append(d.slots, slot)
+	d.mu.Unlock()
 	up.sendMu.Lock()
 	defer up.sendMu.Unlock()
-	up.mu.Lock()
-	if up.err != nil {
-		up.mu.Unlock()
-		return up.err
-	}
-	up.waiting[req.ID] = append(up.waiting[req.ID], d)
-	up.mu.Unlock()
-	d.mu.Lock()
-	d.pending++
-	d.mu.Unlock()
+	g.mu.Lock()
+	up.waiting[req.ID] = append(up.waiting[req.ID], slot)
+	up.outstanding++
+	g.mu.Unlock()
 	return up.stream.Send(req)
 }
 
-// receive hands each answer to the client stream whose request it is.
-func (up *kaUp) receive(ctx context.Context) {
+// receive hands each answer of up to the request it is for.
+func (g *kaGroup) receive(up *kaUp) {
 	for {
 		resp, err := up.stream.Recv()
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				err = rpctypes.ErrGRPCStopped
 			}
-			up.mu.Lock()
-			up.err = etcdio.StopErr(ctx, err)
-			up.mu.Unlock()
-			close(up.ended)
-			up.ka.mu.Lock()
-			if up.ka.ups[up.key] == up {
-				delete(up.ka.ups, up.key)
-			}
-			up.ka.mu.Unlock()
+			g.fail(err)
 			return
 		}
-		up.mu.Lock()
-		q := up.waiting[resp.ID]
-		var d *kaDown
-		if len(q) > 0 {
-			d = q[0]
+		g.mu.Lock()
+		var slot *kaSlot
+		if q := up.waiting[resp.ID]; len(q) > 0 {
+			slot = q[0]
 			if len(q) == 1 {
 				delete(up.waiting, resp.ID)
 			} else {
 				up.waiting[resp.ID] = q[1:]
 			}
+			up.outstanding--
 		}
-		up.mu.Unlock()
+		var d *kaDown
+		if slot != nil {
+			d = slot.d
+		}
+		g.mu.Unlock()
 		if d == nil {
 			continue // its client went away
 		}
 		d.mu.Lock()
-		d.pending--
-		d.answers = append(d.answers, resp)
+		slot.resp = resp
 		d.mu.Unlock()
-		d.poke()
+		select {
+		case d.notify <- struct{}{}:
+		default:
+		}
 	}
 }
 
-// LeaseKeepAlive serves one client stream on the shared stream of its
+// LeaseKeepAlive serves one client stream on the shared streams of its
 // credentials (see keepAlives).
 func (l *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 	ctx := stream.Context()
-	up, err := l.ka.attach(ctx)
+	g, err := l.ka.attach(ctx)
 	if err != nil {
 		return err
 	}
 	d := &kaDown{notify: make(chan struct{}, 1)}
-	defer up.detach(d)
+	defer g.detach(d)
 	recvErr := make(chan error, 1)
 	go func() {
 		for {
 			req, err := stream.Recv()
 			if err == nil {
-				err = up.send(d, req)
+				err = g.send(d, req)
 			}
 			if err != nil {
 				recvErr <- err
@@ -237,46 +303,45 @@ func (l *Lease) LeaseKeepAlive(stream pb.Lease_LeaseKeepAliveServer) error {
 		case <-d.notify:
 		case err := <-recvErr:
 			if !errors.Is(err, io.EOF) {
-				return err // the client went away, or the edge refused its request
+				return err // the client went away, the edge refused its request, or etcd failed
 			}
 			closed = true
-		case <-up.ended:
-			up.mu.Lock()
-			err := up.err
-			up.mu.Unlock()
-			// What etcd answered before it ended still goes out.
-			if serr := l.flush(stream, d); serr != nil {
-				return serr
+		case <-g.ended:
+			// What etcd answered before it failed still goes out.
+			if _, err := flush(stream, d); err != nil {
+				return err
 			}
-			return err
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			return g.err
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if err := l.flush(stream, d); err != nil {
+		drained, err := flush(stream, d)
+		if err != nil {
 			return err
 		}
-		d.mu.Lock()
-		drained := d.pending == 0 && len(d.answers) == 0
-		d.mu.Unlock()
 		if closed && drained {
 			return nil
 		}
 	}
 }
 
-// flush sends d's answers to the client.
-func (l *Lease) flush(stream pb.Lease_LeaseKeepAliveServer, d *kaDown) error {
+// flush sends d's answers that are due, in order: up to the first request
+// not yet answered. drained: none is left to come.
+func flush(stream pb.Lease_LeaseKeepAliveServer, d *kaDown) (drained bool, err error) {
 	for {
 		d.mu.Lock()
-		if len(d.answers) == 0 {
+		if len(d.slots) == 0 || d.slots[0].resp == nil {
+			drained = len(d.slots) == 0
 			d.mu.Unlock()
-			return nil
+			return drained, nil
 		}
-		resp := d.answers[0]
-		d.answers = d.answers[1:]
+		resp := d.slots[0].resp
+		d.slots = d.slots[1:]
 		d.mu.Unlock()
 		if err := stream.Send(resp); err != nil {
-			return err
+			return false, err
 		}
 	}
 }

@@ -11,8 +11,8 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 )
 
-// Client keep-alive streams share one etcd stream (per credentials): 20
-// clients' streams cost etcd one; each request gets exactly one answer,
+// Client keep-alive streams share one etcd stream (per credentials) while
+// it keeps up: 20 clients' streams cost etcd one; each request gets exactly one answer,
 // etcd's to it, in the order the client sent them, a revoked lease's with
 // TTL 0 as etcd gives it; a client that closes its side gets its answers,
 // then the end of its stream.
@@ -57,8 +57,9 @@ func TestLeaseKeepAlive_clientStreamsShareOneEtcdStream(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Meanwhile the others keep theirs alive too.
-	for i, c := range clients[1:] {
+	// Meanwhile nine others keep theirs alive too (at most 15 unanswered:
+	// under the 16 that would open a second etcd stream).
+	for i, c := range clients[1:10] {
 		if err := c.Send(&pb.LeaseKeepAliveRequest{ID: leases[i+1]}); err != nil {
 			t.Fatal(err)
 		}
@@ -76,7 +77,7 @@ func TestLeaseKeepAlive_clientStreamsShareOneEtcdStream(t *testing.T) {
 			t.Fatalf("answer %d: lease %x TTL %d, want lease %x TTL %d", i, r.ID, r.TTL, id, wantTTL)
 		}
 	}
-	for i, c := range clients[1:] {
+	for i, c := range clients[1:10] {
 		r, err := c.Recv()
 		if err != nil || r.ID != leases[i+1] {
 			t.Fatalf("client %d: %v, %v; want the answer for %x", i+1, r, err, leases[i+1])
@@ -110,5 +111,44 @@ func TestLeaseKeepAlive_clientStreamsShareOneEtcdStream(t *testing.T) {
 	}
 	if n := streams() - before; n != 1 {
 		t.Errorf("%v etcd keep-alive streams, want still 1", n)
+	}
+}
+
+// A client with many keep-alives unanswered at once spreads them over more
+// etcd streams (at most 8), and still gets every answer, in its order.
+func TestLeaseKeepAlive_aBacklogSpreadsOverAFewStreamsInOrder(t *testing.T) {
+	env := proxytest.New(t, proxy.Config{})
+	ctx := proxytest.Ctx(t)
+	streams := func() float64 {
+		return proxytest.Gathered(t, prometheus.DefaultGatherer, "grpc_server_started_total", map[string]string{"grpc_method": "LeaseKeepAlive"})
+	}
+	before := streams()
+	var leases []int64
+	for range 10 {
+		leases = append(leases, env.Grant(t, 60))
+	}
+	ka, err := env.Lease.LeaseKeepAlive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 400
+	go func() {
+		for i := range n {
+			if ka.Send(&pb.LeaseKeepAliveRequest{ID: leases[i%len(leases)]}) != nil {
+				return
+			}
+		}
+	}()
+	for i := range n {
+		r, err := ka.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := leases[i%len(leases)]; r.ID != want || r.TTL != 60 {
+			t.Fatalf("answer %d: lease %x TTL %d, want lease %x TTL 60", i, r.ID, r.TTL, want)
+		}
+	}
+	if n := streams() - before; n < 1 || n > 8 {
+		t.Errorf("%v etcd keep-alive streams, want 1 to 8", n)
 	}
 }
