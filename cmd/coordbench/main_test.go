@@ -168,7 +168,8 @@ func TestCoordbench_etcdCPU(t *testing.T) {
 
 // -peer: etcd's own grpc-proxy as a third target, its costs measured like
 // the proxy's; every watcher receives every event in order on all three;
-// keep-alives through coordproxy cost etcd one stream.
+// keep-alives through coordproxy cost etcd a few streams, not one per
+// connection.
 func TestCoordbench_peerIsAThirdTarget(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: the benchmark's end-to-end run is in the full suite")
@@ -212,10 +213,11 @@ func TestCoordbench_peerIsAThirdTarget(t *testing.T) {
 			}
 		}
 		if _, ok := r.Extra["leases"]; ok {
-			// Natively a stream per connection; through coordproxy one.
-			want := map[string]float64{"etcd": 64, "coordproxy": 1}
-			if w, ok := want[r.Target]; ok && r.Extra["etcd_keepalive_streams_open"].(float64) != w {
-				t.Errorf("%s on %s: %v etcd keep-alive streams, want %v", r.Scenario, r.Target, r.Extra["etcd_keepalive_streams_open"], w)
+			// Natively a stream per connection; through coordproxy the
+			// streams of one credentials: 1, up to 8 under a backlog.
+			n := r.Extra["etcd_keepalive_streams_open"].(float64)
+			if r.Target == "etcd" && n != 64 || r.Target == "coordproxy" && (n < 1 || n > 8) {
+				t.Errorf("%s on %s: %v etcd keep-alive streams, want 64 natively, 1 to 8 through coordproxy", r.Scenario, r.Target, n)
 			}
 			if r.Extra["leases_lost"].(float64) != 0 {
 				t.Errorf("%s on %s: %v leases lost", r.Scenario, r.Target, r.Extra["leases_lost"])
