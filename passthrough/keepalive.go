@@ -11,6 +11,7 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 )
 
@@ -103,19 +104,13 @@ func kaKeyOf(ctx context.Context, e *etcdio.Etcd) kaKey {
 // attach puts a client stream on the group of ctx's credentials, made if
 // there is none (or the last one ended) with its first etcd stream open at
 // once: etcd ends a hasleader stream when it has no leader, and a client
-// that has sent nothing yet must learn it too.
+// that has sent nothing yet must learn it too. The stream is opened with
+// no lock held (it waits for a connection to etcd, as a client's own
+// would).
 func (ka *keepAlives) attach(ctx context.Context) (*kaGroup, error) {
 	key := kaKeyOf(ctx, ka.etcd)
-	ka.mu.Lock()
-	defer ka.mu.Unlock()
-	if g := ka.groups[key]; g != nil {
-		g.mu.Lock()
-		if g.err == nil {
-			g.downs++
-			g.mu.Unlock()
-			return g, nil
-		}
-		g.mu.Unlock()
+	if g := ka.join(key); g != nil {
+		return g, nil
 	}
 	// The streams outlive the client that opens them: only the caller's
 	// credentials go with them.
@@ -131,15 +126,54 @@ func (ka *keepAlives) attach(ctx context.Context) (*kaGroup, error) {
 		sctx = metadata.AppendToOutgoingContext(sctx, kv...)
 	}
 	g := &kaGroup{ka: ka, key: key, ctx: sctx, cancel: cancel, downs: 1, ended: make(chan struct{})}
-	if _, err := g.streamLocked(); err != nil {
+	stream, err := pb.NewLeaseClient(ka.etcd.Conn(sctx)).LeaseKeepAlive(sctx)
+	if err != nil {
 		cancel()
-		return nil, err
+		return nil, etcdio.StopErr(sctx, err)
 	}
+	ka.mu.Lock()
+	defer ka.mu.Unlock()
+	if other := ka.joinLocked(key); other != nil { // opened meanwhile
+		cancel()
+		return other, nil
+	}
+	g.addLocked(stream)
 	if ka.groups == nil {
 		ka.groups = map[kaKey]*kaGroup{}
 	}
 	ka.groups[key] = g
 	return g, nil
+}
+
+// join puts a client stream on key's group if it has one that has not
+// failed.
+func (ka *keepAlives) join(key kaKey) *kaGroup {
+	ka.mu.Lock()
+	defer ka.mu.Unlock()
+	return ka.joinLocked(key)
+}
+
+func (ka *keepAlives) joinLocked(key kaKey) *kaGroup {
+	g := ka.groups[key]
+	if g == nil {
+		return nil
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.err != nil {
+		return nil
+	}
+	g.downs++
+	return g
+}
+
+// addLocked makes stream one of g's and starts receiving its answers.
+// Under g.mu, or before g is shared.
+func (g *kaGroup) addLocked(stream pb.Lease_LeaseKeepAliveClient) *kaUp {
+	up := &kaUp{stream: stream, waiting: map[int64][]*kaSlot{}}
+	g.ups = append(g.ups, up)
+	go g.receive(up)
+	return up
 }
 
 // detach takes d off g; the last client closes g's etcd streams. Answers
@@ -183,29 +217,25 @@ func (g *kaGroup) fail(err error) {
 	g.cancel()
 }
 
-// stream is the etcd stream the next request goes on: the one with the
-// fewest unanswered, or a new one when every one has kaSpread. Under g.mu.
-func (g *kaGroup) streamLocked() (*kaUp, error) {
+// streamLocked is the etcd stream the next request goes on: the one with
+// the fewest unanswered, or a new one when every one has kaSpread and the
+// connection to etcd is ready (g.mu is held: it never waits for one).
+// Under g.mu.
+func (g *kaGroup) streamLocked() *kaUp {
 	var best *kaUp
 	for _, up := range g.ups {
 		if best == nil || up.outstanding < best.outstanding {
 			best = up
 		}
 	}
-	if best != nil && (best.outstanding < kaSpread || len(g.ups) == kaStreams) {
-		return best, nil
+	if best.outstanding < kaSpread || len(g.ups) == kaStreams {
+		return best
 	}
-	stream, err := pb.NewLeaseClient(g.ka.etcd.Conn(g.ctx)).LeaseKeepAlive(g.ctx)
+	stream, err := pb.NewLeaseClient(g.ka.etcd.Conn(g.ctx)).LeaseKeepAlive(g.ctx, grpc.WaitForReady(false))
 	if err != nil {
-		if best != nil {
-			return best, nil
-		}
-		return nil, etcdio.StopErr(g.ctx, err)
+		return best
 	}
-	up := &kaUp{stream: stream, waiting: map[int64][]*kaSlot{}}
-	g.ups = append(g.ups, up)
-	go g.receive(up)
-	return up, nil
+	return g.addLocked(stream)
 }
 
 // send sends req on for d.
@@ -215,11 +245,7 @@ func (g *kaGroup) send(d *kaDown, req *pb.LeaseKeepAliveRequest) error {
 		g.mu.Unlock()
 		return g.err
 	}
-	up, err := g.streamLocked()
-	if err != nil {
-		g.mu.Unlock()
-		return err
-	}
+	up := g.streamLocked()
 	g.mu.Unlock()
 	slot := &kaSlot{d: d}
 	d.mu.Lock()
