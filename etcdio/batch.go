@@ -8,9 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -86,18 +84,13 @@ func (e *Etcd) sendAlone(ctx context.Context, t Txn) (*clientv3.TxnResponse, err
 
 // batchGroup is what requests must have in common to share a batch.
 type batchGroup struct {
-	client           *clientv3.Client
-	token, hasLeader string
-	tenant           Tenant
+	Credentials
+	tenant Tenant
 }
 
 func (e *Etcd) groupOf(ctx context.Context) batchGroup {
-	g := batchGroup{client: e.For(ctx)}
+	g := batchGroup{Credentials: e.CredentialsOf(ctx)}
 	g.tenant, _ = flowFrom(ctx).flow.(Tenant)
-	if md, ok := metadata.FromOutgoingContext(ctx); ok {
-		g.token = strings.Join(md.Get(rpctypes.TokenFieldNameGRPC), ",")
-		g.hasLeader = strings.Join(md.Get(rpctypes.MetadataRequireLeaderKey), ",")
-	}
 	return g
 }
 

@@ -4,19 +4,16 @@ import (
 	"context"
 	"errors"
 	"io"
-	"strings"
 	"sync"
 
 	"github.com/coordproxy/coordproxy/etcdio"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/metadata"
 )
 
 // Merged keep-alives: the LeaseKeepAlive streams of every client of a
-// replica share the etcd streams of their credentials (the etcd client,
+// replica share the etcd streams of their etcdio.Credentials (the etcd client,
 // the caller's token and hasleader metadata, so that a caller's token never
 // carries another's keep-alive), where one stream per client would cost
 // etcd a stream each. The proxy sends each client request on as it comes
@@ -45,22 +42,17 @@ const (
 	kaSpread  = 16
 )
 
-type kaKey struct {
-	client           *clientv3.Client
-	token, hasLeader string
-}
-
 // keepAlives is a replica's shared keep-alive streams, by credentials.
 type keepAlives struct {
 	etcd   *etcdio.Etcd
 	mu     sync.Mutex
-	groups map[kaKey]*kaGroup
+	groups map[etcdio.Credentials]*kaGroup
 }
 
 // kaGroup is one credentials' etcd streams and the client streams on them.
 type kaGroup struct {
 	ka     *keepAlives
-	key    kaKey
+	key    etcdio.Credentials
 	ctx    context.Context // the etcd streams', with the credentials
 	cancel context.CancelFunc
 
@@ -74,7 +66,7 @@ type kaGroup struct {
 // kaUp is one etcd stream.
 type kaUp struct {
 	stream      pb.Lease_LeaseKeepAliveClient
-	sendMu      sync.Mutex           // Send, and the order of waiting with it
+	sendMu      sync.Mutex          // Send, and the order of waiting with it
 	waiting     map[int64][]*kaSlot // by lease, oldest first; under kaGroup.mu
 	outstanding int                 // under kaGroup.mu
 }
@@ -92,15 +84,6 @@ type kaDown struct {
 	notify chan struct{} // a value when an answer came (cap 1)
 }
 
-func kaKeyOf(ctx context.Context, e *etcdio.Etcd) kaKey {
-	k := kaKey{client: e.For(ctx)}
-	if md, ok := metadata.FromOutgoingContext(ctx); ok {
-		k.token = strings.Join(md.Get(rpctypes.TokenFieldNameGRPC), ",")
-		k.hasLeader = strings.Join(md.Get(rpctypes.MetadataRequireLeaderKey), ",")
-	}
-	return k
-}
-
 // attach puts a client stream on the group of ctx's credentials, made if
 // there is none (or the last one ended) with its first etcd stream open at
 // once: etcd ends a hasleader stream when it has no leader, and a client
@@ -108,23 +91,14 @@ func kaKeyOf(ctx context.Context, e *etcdio.Etcd) kaKey {
 // no lock held (it waits for a connection to etcd, as a client's own
 // would).
 func (ka *keepAlives) attach(ctx context.Context) (*kaGroup, error) {
-	key := kaKeyOf(ctx, ka.etcd)
+	key := ka.etcd.CredentialsOf(ctx)
 	if g := ka.join(key); g != nil {
 		return g, nil
 	}
 	// The streams outlive the client that opens them: only the caller's
 	// credentials go with them.
-	var kv []string
-	if key.token != "" {
-		kv = append(kv, rpctypes.TokenFieldNameGRPC, key.token)
-	}
-	if key.hasLeader != "" {
-		kv = append(kv, rpctypes.MetadataRequireLeaderKey, key.hasLeader)
-	}
 	sctx, cancel := ka.etcd.WithStop(context.Background())
-	if len(kv) > 0 {
-		sctx = metadata.AppendToOutgoingContext(sctx, kv...)
-	}
+	sctx = key.Context(sctx)
 	g := &kaGroup{ka: ka, key: key, ctx: sctx, cancel: cancel, downs: 1, ended: make(chan struct{})}
 	stream, err := pb.NewLeaseClient(ka.etcd.Conn(sctx)).LeaseKeepAlive(sctx)
 	if err != nil {
@@ -139,7 +113,7 @@ func (ka *keepAlives) attach(ctx context.Context) (*kaGroup, error) {
 	}
 	g.addLocked(stream)
 	if ka.groups == nil {
-		ka.groups = map[kaKey]*kaGroup{}
+		ka.groups = map[etcdio.Credentials]*kaGroup{}
 	}
 	ka.groups[key] = g
 	return g, nil
@@ -147,13 +121,13 @@ func (ka *keepAlives) attach(ctx context.Context) (*kaGroup, error) {
 
 // join puts a client stream on key's group if it has one that has not
 // failed.
-func (ka *keepAlives) join(key kaKey) *kaGroup {
+func (ka *keepAlives) join(key etcdio.Credentials) *kaGroup {
 	ka.mu.Lock()
 	defer ka.mu.Unlock()
 	return ka.joinLocked(key)
 }
 
-func (ka *keepAlives) joinLocked(key kaKey) *kaGroup {
+func (ka *keepAlives) joinLocked(key etcdio.Credentials) *kaGroup {
 	g := ka.groups[key]
 	if g == nil {
 		return nil
