@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,24 +28,14 @@ func keepalivesScenario(ctx context.Context, b *bench, t target, scenario string
 	}
 	defer closeAll()
 	leases := make([]clientv3.LeaseID, b.leases)
-	var next atomic.Int64
-	var grantErr atomic.Value
-	var wg sync.WaitGroup
-	for w := range 64 {
-		wg.Go(func() {
-			for i := int(next.Add(1) - 1); i < len(leases); i = int(next.Add(1) - 1) {
-				g, err := clis[w].Grant(ctx, keepAliveTTL)
-				if err != nil {
-					grantErr.Store(err)
-					return
-				}
-				leases[i] = g.ID
-			}
-		})
-	}
-	wg.Wait()
-	if err, ok := grantErr.Load().(error); ok {
-		return result{}, fmt.Errorf("granting leases: %w", err)
+	if err := grantAll(leases, func(i int) (clientv3.LeaseID, error) {
+		g, err := clis[i%len(clis)].Grant(ctx, keepAliveTTL)
+		if err != nil {
+			return 0, err
+		}
+		return g.ID, nil
+	}); err != nil {
+		return result{}, err
 	}
 	defer revokeAll(clis[0], leases)
 

@@ -26,22 +26,8 @@ func TestCoordbench_runsEveryScenarioAgainstBoth(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: the benchmark's end-to-end run is in the full suite")
 	}
-	out := filepath.Join(t.TempDir(), "bench.json")
-	var stdout, stderr bytes.Buffer
 	dataDir := filepath.Join(t.TempDir(), "etcd")
-	code := run([]string{"-duration", "300ms", "-observers", "8", "-waiters", "200", "-waiters-timeout", "60s", "-held", "200", "-sessions", "50", "-watchers", "20", "-leases", "200",
-		"-data-dir", dataDir, "-json", out}, &stdout, &stderr)
-	if code != 0 {
-		t.Fatalf("exit %d\n%s", code, stderr.String())
-	}
-	var results []result
-	b, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(b, &results); err != nil {
-		t.Fatal(err)
-	}
+	results, stdout := runBench(t, dataDir, "-duration", "300ms", "-observers", "8", "-waiters", "200", "-waiters-timeout", "60s", "-held", "200", "-sessions", "50", "-watchers", "20", "-leases", "200")
 	if len(results) != 2*len(scenarios) {
 		t.Fatalf("%d results, want %d", len(results), 2*len(scenarios))
 	}
@@ -123,8 +109,8 @@ func TestCoordbench_runsEveryScenarioAgainstBoth(t *testing.T) {
 			}
 		}
 	}
-	if rows := strings.Count(stdout.String(), "\n| "); rows < len(scenarios) {
-		t.Errorf("table has %d rows:\n%s", rows, stdout.String())
+	if rows := strings.Count(stdout, "\n| "); rows < len(scenarios) {
+		t.Errorf("table has %d rows:\n%s", rows, stdout)
 	}
 }
 
@@ -174,21 +160,7 @@ func TestCoordbench_peerIsAThirdTarget(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: the benchmark's end-to-end run is in the full suite")
 	}
-	out := filepath.Join(t.TempDir(), "bench.json")
-	var stdout, stderr bytes.Buffer
-	code := run([]string{"-peer", "-scenarios", "uncontended,watchers,keepalives", "-duration", "300ms", "-watchers", "20", "-leases", "200",
-		"-data-dir", filepath.Join(t.TempDir(), "etcd"), "-json", out}, &stdout, &stderr)
-	if code != 0 {
-		t.Fatalf("exit %d\n%s", code, stderr.String())
-	}
-	var results []result
-	b, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(b, &results); err != nil {
-		t.Fatal(err)
-	}
+	results, stdout := runBench(t, filepath.Join(t.TempDir(), "etcd"), "-peer", "-scenarios", "uncontended,watchers,keepalives", "-duration", "300ms", "-watchers", "20", "-leases", "200")
 	targets := map[string]int{}
 	for _, r := range results {
 		targets[r.Target]++
@@ -227,7 +199,28 @@ func TestCoordbench_peerIsAThirdTarget(t *testing.T) {
 	if targets["etcd"] != 3 || targets["grpc-proxy"] != 3 || targets["coordproxy"] != 3 {
 		t.Errorf("results by target: %v, want three each of etcd, grpc-proxy, coordproxy", targets)
 	}
-	if !strings.Contains(stdout.String(), "| grpc-proxy / native |") {
-		t.Errorf("no peer table:\n%s", stdout.String())
+	if !strings.Contains(stdout, "| grpc-proxy / native |") {
+		t.Errorf("no peer table:\n%s", stdout)
 	}
+}
+
+// runBench runs coordbench with args, its etcd's data in dataDir, and
+// returns its results (its -json) and what it printed; a failed run fails
+// t.
+func runBench(t *testing.T, dataDir string, args ...string) ([]result, string) {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "bench.json")
+	var stdout, stderr bytes.Buffer
+	if code := run(append(args, "-data-dir", dataDir, "-json", out), &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d\n%s", code, stderr.String())
+	}
+	var results []result
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &results); err != nil {
+		t.Fatal(err)
+	}
+	return results, stdout.String()
 }

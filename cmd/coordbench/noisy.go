@@ -8,9 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/coordproxy/coordproxy/client"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/v3lock/v3lockpb"
 )
 
@@ -157,22 +155,10 @@ func holdSessions(cli *clientv3.Client, proxied bool) (lost func() int, closeAll
 		}
 	}
 	for range noisySessions {
-		var closer func()
-		var done <-chan struct{}
-		if proxied {
-			s, err := client.NewSession(cli, client.WithTTL(sessionTTL), client.WithWindow(750*time.Millisecond))
-			if err != nil {
-				closeAll()
-				return nil, nil, err
-			}
-			closer, done = func() { s.Close() }, s.Done()
-		} else {
-			s, err := concurrency.NewSession(cli, concurrency.WithTTL(noisySessionTTL))
-			if err != nil {
-				closeAll()
-				return nil, nil, err
-			}
-			closer, done = func() { s.Close() }, s.Done()
+		closer, done, _, err := openSession(cli, proxied, 750*time.Millisecond, noisySessionTTL)
+		if err != nil {
+			closeAll()
+			return nil, nil, err
 		}
 		closers, dones = append(closers, closer), append(dones, done)
 	}
@@ -235,24 +221,8 @@ func noisyWaitersScenario(ctx context.Context, b *bench, t target, title string)
 		}
 		// A lease per waiter (a waiter's key is name/<lease hex>).
 		leases = make([]clientv3.LeaseID, b.waiters)
-		var next atomic.Int64
-		var grantErr atomic.Value
-		var granting sync.WaitGroup
-		for w := range 64 {
-			granting.Go(func() {
-				for i := int(next.Add(1) - 1); i < len(leases); i = int(next.Add(1) - 1) {
-					l, err := grant(ctx, tn.a[w%len(tn.a)], 600)
-					if err != nil {
-						grantErr.Store(err)
-						return
-					}
-					leases[i] = l
-				}
-			})
-		}
-		granting.Wait()
-		if err, ok := grantErr.Load().(error); ok {
-			return fmt.Errorf("waiters' leases: %w", err)
+		if err := grantAll(leases, func(i int) (clientv3.LeaseID, error) { return grant(ctx, tn.a[i%len(tn.a)], 600) }); err != nil {
+			return fmt.Errorf("the waiters: %w", err)
 		}
 		deadline := time.Now().Add(b.waitersTimeout)
 		var errs atomic.Int64

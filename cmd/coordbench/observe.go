@@ -110,16 +110,7 @@ func observeScenario(ctx context.Context, b *bench, t target, scenario string) (
 			}
 			continue
 		}
-		// Wait for every observer, at most 5 s.
-		deadline := time.AfterFunc(5*time.Second, func() { mu.Lock(); cond.Broadcast(); mu.Unlock() })
-		mu.Lock()
-		for !allSeen(seen, v) && time.Since(sent) < 5*time.Second {
-			cond.Wait()
-		}
-		ok := allSeen(seen, v)
-		mu.Unlock()
-		deadline.Stop()
-		if ok {
+		if awaitSeen(&mu, cond, seen, v, sent) {
 			delivered.Add(1)
 		} else {
 			undelivered++
@@ -141,6 +132,20 @@ func observeScenario(ctx context.Context, b *bench, t target, scenario string) (
 }
 
 const watcherMetric = "etcd_debugging_mvcc_watcher_total"
+
+// awaitSeen waits until every value of seen (guarded by mu, whose cond
+// is broadcast on each change) is at least v, bounded by 5 s from sent;
+// false if one is not.
+func awaitSeen(mu *sync.Mutex, cond *sync.Cond, seen []int64, v int64, sent time.Time) bool {
+	bound := time.AfterFunc(5*time.Second, func() { mu.Lock(); cond.Broadcast(); mu.Unlock() })
+	defer bound.Stop()
+	mu.Lock()
+	defer mu.Unlock()
+	for !allSeen(seen, v) && time.Since(sent) < 5*time.Second {
+		cond.Wait()
+	}
+	return allSeen(seen, v)
+}
 
 func allSeen(seen []int64, v int64) bool {
 	for _, s := range seen {

@@ -144,6 +144,31 @@ func grant(ctx context.Context, cli *clientv3.Client, ttl int64) (clientv3.Lease
 	return g.ID, nil
 }
 
+// grantAll fills leases with grant(i) for each index, 64 at a time; the
+// first error stops it.
+func grantAll(leases []clientv3.LeaseID, grant func(i int) (clientv3.LeaseID, error)) error {
+	var next atomic.Int64
+	var grantErr atomic.Value
+	var wg sync.WaitGroup
+	for range 64 {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < len(leases); i = int(next.Add(1) - 1) {
+				l, err := grant(i)
+				if err != nil {
+					grantErr.Store(err)
+					return
+				}
+				leases[i] = l
+			}
+		})
+	}
+	wg.Wait()
+	if err, ok := grantErr.Load().(error); ok {
+		return fmt.Errorf("granting leases: %w", err)
+	}
+	return nil
+}
+
 // lockScenario: clients goroutines, each with its own connection and lease,
 // lock and unlock names[i % len(names)] until the duration is over. The
 // latency is the Lock call's: the time to acquire.

@@ -49,7 +49,7 @@ func sessionsScenario(ctx context.Context, b *bench, t target, scenario string) 
 	dones := make([]<-chan struct{}, b.sessions)
 	errs := make([]func() error, b.sessions)
 	res := b.inParallel(ctx, scenario, t, b.sessions, func(w, i int) error {
-		closer, done, errOf, err := openSession(clis[w%len(clis)], t.name == "coordproxy", b.sessionWindow)
+		closer, done, errOf, err := openSession(clis[w%len(clis)], t.name == "coordproxy", b.sessionWindow, sessionTTL)
 		if err == nil {
 			closers[i], dones[i], errs[i] = closer, done, errOf
 		}
@@ -137,9 +137,10 @@ func (b *bench) etcdKeepAlives(ctx context.Context) float64 {
 }
 
 // openSession opens one session on cli and returns what closes it, what
-// is closed when it ends and why it ended: a coordproxy session, or etcd's
-// concurrency.Session.
-func openSession(cli *clientv3.Client, proxied bool, window time.Duration) (func(), <-chan struct{}, func() error, error) {
+// is closed when it ends and why it ended: a coordproxy session (TTL
+// sessionTTL, heartbeats within window), or etcd's concurrency.Session
+// with TTL nativeTTL.
+func openSession(cli *clientv3.Client, proxied bool, window time.Duration, nativeTTL int) (func(), <-chan struct{}, func() error, error) {
 	if proxied {
 		s, err := client.NewSession(cli, client.WithTTL(sessionTTL), client.WithWindow(window))
 		if err != nil {
@@ -147,7 +148,7 @@ func openSession(cli *clientv3.Client, proxied bool, window time.Duration) (func
 		}
 		return func() { s.Close() }, s.Done(), s.Err, nil
 	}
-	s, err := concurrency.NewSession(cli, concurrency.WithTTL(sessionTTL))
+	s, err := concurrency.NewSession(cli, concurrency.WithTTL(nativeTTL))
 	if err != nil {
 		return nil, nil, nil, err
 	}

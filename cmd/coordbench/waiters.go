@@ -38,28 +38,14 @@ func waitersScenario(ctx context.Context, b *bench, t target, scenario string) (
 
 	n := b.waiters
 	leases := make([]clientv3.LeaseID, n+1)
-	var grantErr atomic.Value
-	var wg sync.WaitGroup
-	var next atomic.Int64
-	for w := range 64 {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1) - 1)
-				if i > n {
-					return
-				}
-				g, err := clis[w%len(clis)].Grant(ctx, 600)
-				if err != nil {
-					grantErr.Store(err)
-					return
-				}
-				leases[i] = g.ID
-			}
-		})
-	}
-	wg.Wait()
-	if err, ok := grantErr.Load().(error); ok {
-		return result{}, fmt.Errorf("granting leases: %w", err)
+	if err := grantAll(leases, func(i int) (clientv3.LeaseID, error) {
+		g, err := clis[i%len(clis)].Grant(ctx, 600)
+		if err != nil {
+			return 0, err
+		}
+		return g.ID, nil
+	}); err != nil {
+		return result{}, err
 	}
 	defer revokeAll(kv, leases)
 
@@ -75,6 +61,7 @@ func waitersScenario(ctx context.Context, b *bench, t target, scenario string) (
 	defer stopWaiters()
 	var errs atomic.Int64
 	var firstErr atomic.Value
+	var wg sync.WaitGroup
 	start := time.Now()
 	for i := range n {
 		wg.Go(func() {

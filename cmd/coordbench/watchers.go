@@ -87,14 +87,8 @@ func watchersScenario(ctx context.Context, b *bench, t target, scenario string) 
 		puts++
 		mu.Lock()
 		want, sent = r.Header.Revision, time.Now()
-		bound := time.AfterFunc(5*time.Second, func() { mu.Lock(); cond.Broadcast(); mu.Unlock() })
-		for !allSeen(seen, want) && time.Since(sent) < 5*time.Second {
-			cond.Wait()
-		}
-		ok := allSeen(seen, want)
 		mu.Unlock()
-		bound.Stop()
-		if ok {
+		if awaitSeen(&mu, cond, seen, r.Header.Revision, sent) {
 			delivered.Add(1)
 		} else {
 			undelivered++
