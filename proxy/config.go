@@ -31,6 +31,13 @@ type Config struct {
 	// MemberList lists this replica alone, as etcd's grpc-proxy without
 	// --resolver-prefix.
 	RegisterMembers bool
+	// UnsharedWatches gives each client Watch stream an etcd stream of its
+	// own, as before shared watches (passthrough.Watch): a switch to
+	// compare or fall back; watchers share by default.
+	UnsharedWatches bool
+	// WatchLinger keeps a shared etcd watch this long after its last
+	// watcher left (passthrough.WatchConfig.Linger): 0 cancels it then.
+	WatchLinger time.Duration
 	// DataDir holds the embedded etcd's data in dev mode.
 	DataDir string
 	// DialTimeout bounds connecting to etcd.

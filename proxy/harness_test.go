@@ -170,7 +170,7 @@ func (r *run) walk(path string, m protoreflect.Message, out *[]string) {
 
 func (r *run) scalar(fd protoreflect.FieldDescriptor, v protoreflect.Value) string {
 	switch fd.Name() {
-	case "revision", "rev", "create_revision", "mod_revision":
+	case "revision", "rev", "create_revision", "mod_revision", "compact_revision":
 		if n := v.Int(); n > 0 {
 			return fmt.Sprintf("rev0+%d", n-r.rev0)
 		}

@@ -271,7 +271,8 @@ func (s *Server) newGRPC() error {
 	v3lockpb.RegisterLockServer(s.grpc, lockproxy.New(g, e, l0))
 	v3electionpb.RegisterElectionServer(s.grpc, electionproxy.New(g, e, l0))
 	pb.RegisterKVServer(s.grpc, passthrough.NewKV(e, ns))
-	pb.RegisterWatchServer(s.grpc, passthrough.NewWatch(e, ns))
+	pb.RegisterWatchServer(s.grpc, passthrough.NewWatch(e, ns, passthrough.WatchConfig{Unshared: s.cfg.UnsharedWatches, Linger: s.cfg.WatchLinger},
+		passthrough.NewWatchMetrics(s.cfg.Registry)))
 	pb.RegisterLeaseServer(s.grpc, passthrough.NewLease(e, ns))
 	pb.RegisterMaintenanceServer(s.grpc, passthrough.NewMaintenance(e))
 	pb.RegisterAuthServer(s.grpc, passthrough.NewAuth(e))

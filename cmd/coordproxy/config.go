@@ -28,6 +28,8 @@ type Config struct {
 	Listen              string        `envconfig:"LISTEN" flag:"listen" default:"127.0.0.1:23790" desc:"address to serve gRPC on"`
 	AdvertiseClientURLs string        `envconfig:"ADVERTISE_CLIENT_URLS" flag:"advertise-client-urls" desc:"comma-separated URLs clients reach this replica at, listed by Cluster.MemberList (etcdctl member list, clients that sync their endpoints); empty: the listen address"`
 	RegisterMembers     bool          `envconfig:"REGISTER_MEMBERS" flag:"register-members" default:"false" desc:"register this replica in etcd (under __coordproxy/members/ on a 10s lease) so that Cluster.MemberList through any registering replica lists them all; without it MemberList lists this replica alone"`
+	ShareWatches        bool          `envconfig:"SHARE_WATCHES" flag:"share-watches" default:"true" desc:"let watchers of the same key range, credentials and prev_kv on this replica share one etcd watch (each keeps etcd's semantics); false gives each client Watch stream an etcd stream of its own"`
+	WatchLinger         time.Duration `envconfig:"WATCH_LINGER" flag:"watch-linger" default:"0s" desc:"keep a shared etcd watch this long after its last watcher left, so that watchers that come and go join it (with the events they missed) instead of each costing etcd a new watch; 0 cancels it with its last watcher; at most 1h"`
 	DataDir             string        `envconfig:"DATA_DIR" flag:"data-dir" default:"coordproxy.etcd" desc:"data directory of the embedded etcd (dev mode only)"`
 	DialTimeout         time.Duration `envconfig:"DIAL_TIMEOUT" flag:"dial-timeout" default:"5s" desc:"bound for connecting to etcd"`
 	RequestTimeout      time.Duration `envconfig:"REQUEST_TIMEOUT" flag:"request-timeout" default:"5s" desc:"bound for every etcd call the proxy makes on its own (cleanup of abandoned waiters, watch snapshots)"`
@@ -170,6 +172,9 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 	case c.DrainDelay >= c.ShutdownTimeout:
 		return proxy.Config{}, 0, fmt.Errorf("invalid --drain-delay %s: must be shorter than --shutdown-timeout %s, which includes it", c.DrainDelay, c.ShutdownTimeout)
 	}
+	if c.WatchLinger < 0 || c.WatchLinger > time.Hour {
+		return proxy.Config{}, 0, fmt.Errorf("invalid --watch-linger %s: must be between 0s and 1h", c.WatchLinger)
+	}
 	if c.SessionLockDelay < 0 || c.SessionLockDelay > session.MaxLockDelay {
 		return proxy.Config{}, 0, fmt.Errorf("invalid --session-lock-delay %s: must be between 0s and %s", c.SessionLockDelay, session.MaxLockDelay)
 	}
@@ -197,6 +202,8 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 		Listen:              c.Listen,
 		AdvertiseClientURLs: advertise,
 		RegisterMembers:     c.RegisterMembers,
+		UnsharedWatches:     !c.ShareWatches,
+		WatchLinger:         c.WatchLinger,
 		DataDir:             c.DataDir,
 		DialTimeout:         c.DialTimeout,
 		RequestTimeout:      c.RequestTimeout,

@@ -79,6 +79,7 @@ type options struct {
 	suites   []string
 	direct   bool
 	batching string
+	watches  string
 	run      string // a further -run filter
 	timeout  time.Duration
 	verbose  bool
@@ -91,12 +92,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	only := fs.String("suites", "", "comma-separated suites to run (default all): "+strings.Join(suiteIDs(false), ", "))
 	fast := fs.Bool("fast", false, "only the suites go test ./... runs: "+strings.Join(suiteIDs(true), ", "))
 	fs.BoolVar(&o.direct, "direct", false, "run straight at etcd, without coordproxy (to compare)")
+	fs.StringVar(&o.watches, "watches", "shared", "coordproxy's watches: shared (its default), forced (shared watches never end, so that a test's later watchers of a key join one, with its history) or unshared")
 	fs.StringVar(&o.batching, "batching", "concurrent", "coordproxy's group commit: concurrent (its default), always (every transaction nested, as its package tests run) or off")
 	fs.StringVar(&o.run, "run", "", "only the top-level tests whose names match this regular expression")
 	fs.StringVar(&o.work, "work", "", "directory for the patched copy of etcd's tests module (default: one under the user's cache directory, kept between runs so that builds are cached)")
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Minute, "go test -timeout of each suite")
 	fs.BoolVar(&o.verbose, "v", false, "show go test's output as it runs")
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	switch o.watches {
+	case "shared", "forced", "unshared":
+	default:
+		fmt.Fprintf(stderr, "etcdsuite: -watches %q: want shared, forced or unshared\n", o.watches)
 		return 2
 	}
 	switch o.batching {
@@ -149,7 +157,7 @@ func runSuites(ctx context.Context, o options, log io.Writer) (*results, error) 
 	if err != nil {
 		return nil, err
 	}
-	res := &results{through: !o.direct, version: version, batching: o.batching}
+	res := &results{through: !o.direct, version: version, batching: o.batching, watches: o.watches}
 	for _, id := range o.suites {
 		i := slices.IndexFunc(suites, func(s suite) bool { return s.id == id })
 		if err := runSuite(ctx, o, mod, suites[i], res, log); err != nil {
@@ -188,7 +196,7 @@ func runSuite(ctx context.Context, o options, mod string, s suite, res *results,
 	fmt.Fprintf(log, "etcdsuite: %s: go %s\n", s.id, strings.Join(args, " "))
 	cmd := exec.CommandContext(ctx, goTool(), args...)
 	cmd.Dir = mod
-	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "COORDPROXY_ETCD_BATCHING="+o.batching)
+	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "COORDPROXY_ETCD_BATCHING="+o.batching, "COORDPROXY_WATCHES="+o.watches)
 	cmd.Stderr = log
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -327,6 +335,7 @@ type results struct {
 	through  bool
 	version  string
 	batching string
+	watches  string
 	suites   []*suiteResult
 }
 
@@ -351,7 +360,7 @@ func (r *results) failed() bool {
 func (r *results) print(w io.Writer) {
 	mode := "straight at etcd"
 	if r.through {
-		mode = "through coordproxy (group commit: " + r.batching + ")"
+		mode = "through coordproxy (group commit: " + r.batching + "; watches: " + r.watches + ")"
 	}
 	fmt.Fprintf(w, "etcd's integration tests (go.etcd.io/etcd/tests/v3 %s), %s\n\n", r.version, mode)
 	fmt.Fprintf(w, "| suite | package | run | pass | fail | skip | took |\n|---|---|---|---|---|---|---|\n")

@@ -110,6 +110,15 @@ func throughCoordproxy(cfg clientv3.Config, pc proxy.Config) (*clientv3.Client, 
 		return nil, fmt.Errorf("COORDPROXY_ETCD_BATCHING=%q: want concurrent, always or off", b)
 	}
 	pc.Endpoints, pc.Listen, pc.DialTimeout, pc.EtcdBatching = cfg.Endpoints, "127.0.0.1:0", cfg.DialTimeout, batching
+	// cmd/etcdsuite -watches: shared (the default), forced (shared watches
+	// never end, so that a test's later watchers of a key join one with
+	// history, catching up and handed over) or unshared.
+	switch os.Getenv("COORDPROXY_WATCHES") {
+	case "forced":
+		pc.WatchLinger = -1
+	case "unshared":
+		pc.UnsharedWatches = true
+	}
 	srv := proxy.New(pc)
 	if err := srv.Start(context.Background()); err != nil {
 		return nil, fmt.Errorf("coordproxy in front of %v: %w", cfg.Endpoints, err)
