@@ -72,6 +72,7 @@ type Etcd struct {
 	stop    context.CancelFunc
 
 	hooks LeaseHooks // lease.go
+	seen  *seenRevision
 }
 
 // The etcd client logs only errors: its warnings are about retries the
@@ -111,6 +112,7 @@ func Dial(ctx context.Context, cfg Config) (*Etcd, error) {
 	}
 	errs := newErrorCounter(cfg.Registry)
 	limiter := newLimiter(cfg.MaxRequests, cfg.Registry)
+	seen := &seenRevision{}
 	ccfg := clientv3.Config{
 		Endpoints:            cfg.Endpoints,
 		DialTimeout:          cfg.DialTimeout,
@@ -127,11 +129,11 @@ func Dial(ctx context.Context, cfg Config) (*Etcd, error) {
 		// are judged for errors; the counter sees etcd's status before
 		// noLeaderIsFinal turns "no leader" into the client's value.
 		DialOptions: append([]grpc.DialOption{
-			grpc.WithChainUnaryInterceptor(limiter.unary, noLeaderIsFinal, errs.unary),
+			grpc.WithChainUnaryInterceptor(limiter.unary, noLeaderIsFinal, errs.unary, seen.unary),
 			grpc.WithChainStreamInterceptor(errs.stream),
 		}, traceDialOptions(cfg.TracerProvider)...),
 	}
-	e := &Etcd{timeout: cfg.RequestTimeout, log: cfg.Logger}
+	e := &Etcd{timeout: cfg.RequestTimeout, log: cfg.Logger, seen: seen}
 	if e.own, err = clientv3.New(ccfg); err != nil {
 		return nil, fmt.Errorf("etcd client: %w", err)
 	}

@@ -18,19 +18,23 @@ import (
 // and concurrency.Mutex users reach etcd at the same address as Lock and
 // Election. Requests go through the proxy's etcd client (and so through its
 // --namespace and its request limiter), turned into client operations by
-// etcd's own grpc-proxy adapters. Unlike etcd's grpc-proxy it keeps no cache:
-// a serializable read is as fresh as one an etcd member serves. Errors get
-// etcd's codes back at the proxy's edge (proxy/wire.go).
+// etcd's own grpc-proxy adapters. With a read cache (readcache.go), the
+// serializable reads of single keys it can answer as etcd would are
+// answered from it. Errors get etcd's codes back at the proxy's edge
+// (proxy/wire.go).
 type KV struct {
 	pb.UnsafeKVServer
-	etcd *etcdio.Etcd
-	ns   string
+	etcd  *etcdio.Etcd
+	ns    string
+	cache *ReadCache // nil: none
 }
 
 // NewKV returns the KV pass-through; ns is the proxy's namespace (the etcd
 // client applies it to every call but RangeStream, which KV applies
-// itself).
-func NewKV(etcd *etcdio.Etcd, ns string) *KV { return &KV{etcd: etcd, ns: ns} }
+// itself); cache may be nil.
+func NewKV(etcd *etcdio.Etcd, ns string, cache *ReadCache) *KV {
+	return &KV{etcd: etcd, ns: ns, cache: cache}
+}
 
 // RangeStream (etcd 3.7) relays etcd's own stream of one range in chunks:
 // etcd decides the chunks, counts, limits and errors (a compacted
@@ -68,13 +72,23 @@ func (s *KV) RangeStream(r *pb.RangeRequest, stream grpc.ServerStreamingServer[p
 	}
 }
 
-// Range passes etcd's KV.Range through.
+// Range passes etcd's KV.Range through, or answers it from the read cache.
 func (s *KV) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	cached := s.cache.serves(ctx, r)
+	if cached {
+		if resp := s.cache.get(r); resp != nil {
+			return resp, nil
+		}
+	}
 	resp, err := s.etcd.For(ctx).Do(ctx, grpcproxy.RangeRequestToOp(r))
 	if err != nil {
 		return nil, err
 	}
-	return (*pb.RangeResponse)(resp.Get()), nil
+	rr := (*pb.RangeResponse)(resp.Get())
+	if cached {
+		s.cache.fill(r, rr)
+	}
+	return rr, nil
 }
 
 // Put passes etcd's KV.Put through.

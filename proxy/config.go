@@ -38,6 +38,10 @@ type Config struct {
 	// WatchLinger keeps a shared etcd watch this long after its last
 	// watcher left (passthrough.WatchConfig.Linger): 0 cancels it then.
 	WatchLinger time.Duration
+	// ReadCacheKeys is how many keys the read cache keeps
+	// (passthrough.ReadCache); 0: no cache (the binary's flag defaults to
+	// 1024).
+	ReadCacheKeys int
 	// DataDir holds the embedded etcd's data in dev mode.
 	DataDir string
 	// DialTimeout bounds connecting to etcd.

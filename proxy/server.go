@@ -270,7 +270,11 @@ func (s *Server) newGRPC() error {
 	l0 := lease0.New(e, s.cfg.Registry, s.log)
 	v3lockpb.RegisterLockServer(s.grpc, lockproxy.New(g, e, l0))
 	v3electionpb.RegisterElectionServer(s.grpc, electionproxy.New(g, e, l0))
-	pb.RegisterKVServer(s.grpc, passthrough.NewKV(e, ns))
+	var cache *passthrough.ReadCache
+	if s.cfg.ReadCacheKeys > 0 {
+		cache = passthrough.NewReadCache(e, s.cfg.ReadCacheKeys, s.cfg.Registry)
+	}
+	pb.RegisterKVServer(s.grpc, passthrough.NewKV(e, ns, cache))
 	pb.RegisterWatchServer(s.grpc, passthrough.NewWatch(e, ns, passthrough.WatchConfig{Unshared: s.cfg.UnsharedWatches, Linger: s.cfg.WatchLinger},
 		passthrough.NewWatchMetrics(s.cfg.Registry)))
 	pb.RegisterLeaseServer(s.grpc, passthrough.NewLease(e, ns))

@@ -30,6 +30,7 @@ type Config struct {
 	RegisterMembers     bool          `envconfig:"REGISTER_MEMBERS" flag:"register-members" default:"false" desc:"register this replica in etcd (under __coordproxy/members/ on a 10s lease) so that Cluster.MemberList through any registering replica lists them all; without it MemberList lists this replica alone"`
 	ShareWatches        bool          `envconfig:"SHARE_WATCHES" flag:"share-watches" default:"true" desc:"let watchers of the same key range, credentials and prev_kv on this replica share one etcd watch (each keeps etcd's semantics); false gives each client Watch stream an etcd stream of its own"`
 	WatchLinger         time.Duration `envconfig:"WATCH_LINGER" flag:"watch-linger" default:"0s" desc:"keep a shared etcd watch this long after its last watcher left, so that watchers that come and go join it (with the events they missed) instead of each costing etcd a new watch; 0 cancels it with its last watcher; at most 1h"`
+	ReadCacheKeys       int           `envconfig:"READ_CACHE_KEYS" flag:"read-cache-keys" default:"1024" desc:"answer serializable reads of single keys, from callers without an etcd token, from a cache of up to this many keys (each read twice within a minute, kept while read, each an etcd watch) kept up to date by etcd watches; an answer carries the revision it reflects, never older than one this replica answered; 0: no cache, every read goes to etcd"`
 	DataDir             string        `envconfig:"DATA_DIR" flag:"data-dir" default:"coordproxy.etcd" desc:"data directory of the embedded etcd (dev mode only)"`
 	DialTimeout         time.Duration `envconfig:"DIAL_TIMEOUT" flag:"dial-timeout" default:"5s" desc:"bound for connecting to etcd"`
 	RequestTimeout      time.Duration `envconfig:"REQUEST_TIMEOUT" flag:"request-timeout" default:"5s" desc:"bound for every etcd call the proxy makes on its own (cleanup of abandoned waiters, watch snapshots)"`
@@ -172,6 +173,9 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 	case c.DrainDelay >= c.ShutdownTimeout:
 		return proxy.Config{}, 0, fmt.Errorf("invalid --drain-delay %s: must be shorter than --shutdown-timeout %s, which includes it", c.DrainDelay, c.ShutdownTimeout)
 	}
+	if c.ReadCacheKeys < 0 {
+		return proxy.Config{}, 0, fmt.Errorf("invalid --read-cache-keys %d: must be 0 or more", c.ReadCacheKeys)
+	}
 	if c.WatchLinger < 0 || c.WatchLinger > time.Hour {
 		return proxy.Config{}, 0, fmt.Errorf("invalid --watch-linger %s: must be between 0s and 1h", c.WatchLinger)
 	}
@@ -204,6 +208,7 @@ func (c Config) proxyConfig() (proxy.Config, slog.Level, error) {
 		RegisterMembers:     c.RegisterMembers,
 		UnsharedWatches:     !c.ShareWatches,
 		WatchLinger:         c.WatchLinger,
+		ReadCacheKeys:       c.ReadCacheKeys,
 		DataDir:             c.DataDir,
 		DialTimeout:         c.DialTimeout,
 		RequestTimeout:      c.RequestTimeout,

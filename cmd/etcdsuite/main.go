@@ -31,6 +31,7 @@ import (
 	"runtime"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -74,15 +75,16 @@ func main() {
 
 // options are one run's settings.
 type options struct {
-	repo     string // coordproxy's module root
-	work     string // where etcd's tests module is copied and patched
-	suites   []string
-	direct   bool
-	batching string
-	watches  string
-	run      string // a further -run filter
-	timeout  time.Duration
-	verbose  bool
+	repo      string // coordproxy's module root
+	work      string // where etcd's tests module is copied and patched
+	suites    []string
+	direct    bool
+	batching  string
+	watches   string
+	cacheKeys int
+	run       string // a further -run filter
+	timeout   time.Duration
+	verbose   bool
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -92,6 +94,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	only := fs.String("suites", "", "comma-separated suites to run (default all): "+strings.Join(suiteIDs(false), ", "))
 	fast := fs.Bool("fast", false, "only the suites go test ./... runs: "+strings.Join(suiteIDs(true), ", "))
 	fs.BoolVar(&o.direct, "direct", false, "run straight at etcd, without coordproxy (to compare)")
+	fs.IntVar(&o.cacheKeys, "read-cache-keys", 0, "coordproxy's --read-cache-keys (0: no read cache, as proxy.Config's zero)")
 	fs.StringVar(&o.watches, "watches", "shared", "coordproxy's watches: shared (its default), forced (shared watches never end, so that a test's later watchers of a key join one, with its history) or unshared")
 	fs.StringVar(&o.batching, "batching", "concurrent", "coordproxy's group commit: concurrent (its default), always (every transaction nested, as its package tests run) or off")
 	fs.StringVar(&o.run, "run", "", "only the top-level tests whose names match this regular expression")
@@ -196,7 +199,7 @@ func runSuite(ctx context.Context, o options, mod string, s suite, res *results,
 	fmt.Fprintf(log, "etcdsuite: %s: go %s\n", s.id, strings.Join(args, " "))
 	cmd := exec.CommandContext(ctx, goTool(), args...)
 	cmd.Dir = mod
-	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "COORDPROXY_ETCD_BATCHING="+o.batching, "COORDPROXY_WATCHES="+o.watches)
+	cmd.Env = append(os.Environ(), "GOFLAGS=-mod=mod", "COORDPROXY_ETCD_BATCHING="+o.batching, "COORDPROXY_WATCHES="+o.watches, "COORDPROXY_READ_CACHE_KEYS="+strconv.Itoa(o.cacheKeys))
 	cmd.Stderr = log
 	out, err := cmd.StdoutPipe()
 	if err != nil {

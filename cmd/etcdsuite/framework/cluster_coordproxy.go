@@ -29,6 +29,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strconv"
 	"sync"
 	"time"
 
@@ -113,6 +114,10 @@ func throughCoordproxy(cfg clientv3.Config, pc proxy.Config) (*clientv3.Client, 
 	// cmd/etcdsuite -watches: shared (the default), forced (shared watches
 	// never end, so that a test's later watchers of a key join one with
 	// history, catching up and handed over) or unshared.
+	// cmd/etcdsuite -read-cache-keys: the proxy's --read-cache-keys.
+	if n, err := strconv.Atoi(os.Getenv("COORDPROXY_READ_CACHE_KEYS")); err == nil {
+		pc.ReadCacheKeys = n
+	}
 	switch os.Getenv("COORDPROXY_WATCHES") {
 	case "forced":
 		pc.WatchLinger = -1
