@@ -85,6 +85,8 @@ var scenarios = []scenario{
 	{id: "sessions", title: "sessions held", run: sessionsScenario, proxyFirst: true, freshEtcd: true},
 	{id: "keepalives", title: "leases kept alive over 64 connections", run: keepalivesScenario},
 	{id: "watchers", title: "KV watchers of one prefix, one writer", run: watchersScenario},
+	{id: "watchkeys", title: "KV watchers of a key each, one writer", run: watchKeysScenario},
+	{id: "hotreads", title: "serializable reads of one key, 64 clients", run: hotReadsScenario},
 	{id: "noisy", title: "noisy neighbour: B's Lock under a 128-client flood", run: noisyScenario, tenants: true},
 	{id: "noisywaiters", title: "noisy neighbour: B's Lock beside parked waiters and a 128-client KV flood", run: noisyWaitersScenario, tenants: true},
 }
@@ -96,6 +98,7 @@ type bench struct {
 	waiters        int
 	held           int
 	watchers       int
+	readCacheKeys  int
 	leases         int
 	sessions       int
 	sessionWindow  time.Duration
@@ -163,6 +166,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	waiters := fs.Int("waiters", 10000, "blocked Lock calls in the waiters scenario")
 	held := fs.Int("held", 10000, "distinct locks one lease holds in the held scenario")
 	watchers := fs.Int("watchers", 1000, "KV watchers of one prefix in the watchers scenario")
+	readCacheKeys := fs.Int("read-cache-keys", 1024, "the proxy's --read-cache-keys (0: no read cache)")
 	leases := fs.Int("leases", 10000, "leases kept alive in the keepalives scenario")
 	sessionWindow := fs.Duration("session-window", client.DefaultWindow, "the window of the sessions scenario's sessions (a heartbeat every quarter of it)")
 	sessions := fs.Int("sessions", 10000, "sessions held at once in the sessions scenario (heartbeating through the proxy; concurrency.Session natively)")
@@ -221,7 +225,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	b := &bench{duration: *duration, observers: *observers, waiters: *waiters, held: *held, watchers: *watchers, leases: *leases, sessions: *sessions, sessionWindow: *sessionWindow, waitersTimeout: *waitersTimeout,
+	b := &bench{duration: *duration, observers: *observers, waiters: *waiters, held: *held, watchers: *watchers, readCacheKeys: *readCacheKeys, leases: *leases, sessions: *sessions, sessionWindow: *sessionWindow, waitersTimeout: *waitersTimeout,
 		heapProfile: *heapprofile, progressOut: stderr, runID: fmt.Sprintf("%x", time.Now().UnixNano()),
 		etcdCPUs: etcdCPUs, restCPUs: rest}
 	ownEtcd := *endpoints == ""
@@ -240,6 +244,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if *memLimit != "" {
 		proxyEnv = append(proxyEnv, "GOMEMLIMIT="+*memLimit)
 	}
+	proxyEnv = append(proxyEnv, "COORDBENCH_READ_CACHE_KEYS="+strconv.Itoa(*readCacheKeys))
 	if slices.ContainsFunc(chosen, func(s scenario) bool { return s.tenants }) {
 		dir, err := os.MkdirTemp("", "coordbench-pki")
 		if err == nil {
@@ -366,7 +371,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			title = fmt.Sprintf("%d %s", b.held, s.title)
 		case "sessions":
 			title = fmt.Sprintf("%d %s", b.sessions, s.title)
-		case "watchers":
+		case "watchers", "watchkeys":
 			title = fmt.Sprintf("%d %s", b.watchers, s.title)
 		case "keepalives":
 			title = fmt.Sprintf("%d %s", b.leases, s.title)

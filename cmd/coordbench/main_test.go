@@ -160,7 +160,7 @@ func TestCoordbench_peerIsAThirdTarget(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: the benchmark's end-to-end run is in the full suite")
 	}
-	results, stdout := runBench(t, filepath.Join(t.TempDir(), "etcd"), "-peer", "-scenarios", "uncontended,watchers,keepalives", "-duration", "300ms", "-watchers", "20", "-leases", "200")
+	results, stdout := runBench(t, filepath.Join(t.TempDir(), "etcd"), "-peer", "-scenarios", "uncontended,watchers,watchkeys,keepalives", "-duration", "300ms", "-watchers", "20", "-leases", "200")
 	targets := map[string]int{}
 	for _, r := range results {
 		targets[r.Target]++
@@ -180,8 +180,14 @@ func TestCoordbench_peerIsAThirdTarget(t *testing.T) {
 					t.Errorf("%s on %s: %s = %v", r.Scenario, r.Target, k, r.Extra[k])
 				}
 			}
-			if r.Target == "etcd" && r.Extra["etcd_watchers_added"].(float64) != 20 {
-				t.Errorf("natively, etcd watchers added for 20 watchers: %v", r.Extra["etcd_watchers_added"])
+			// One per watcher natively; through coordproxy one per key
+			// watched (shared watches).
+			want := map[string]float64{"etcd": 20, "coordproxy": 1}[r.Target]
+			if strings.Contains(r.Scenario, "a key each") {
+				want = map[string]float64{"etcd": 20, "coordproxy": 20}[r.Target]
+			}
+			if got := r.Extra["etcd_watchers_added"].(float64); want != 0 && got != want {
+				t.Errorf("%s on %s: etcd watchers added for 20 watchers: %v, want %v", r.Scenario, r.Target, got, want)
 			}
 		}
 		if _, ok := r.Extra["leases"]; ok {
@@ -196,8 +202,8 @@ func TestCoordbench_peerIsAThirdTarget(t *testing.T) {
 			}
 		}
 	}
-	if targets["etcd"] != 3 || targets["grpc-proxy"] != 3 || targets["coordproxy"] != 3 {
-		t.Errorf("results by target: %v, want three each of etcd, grpc-proxy, coordproxy", targets)
+	if targets["etcd"] != 4 || targets["grpc-proxy"] != 4 || targets["coordproxy"] != 4 {
+		t.Errorf("results by target: %v, want four each of etcd, grpc-proxy, coordproxy", targets)
 	}
 	if !strings.Contains(stdout, "| grpc-proxy / native |") {
 		t.Errorf("no peer table:\n%s", stdout)

@@ -90,6 +90,13 @@ func serveProxy(ctx context.Context, endpoints, cpuprofile string, maxEtcdReques
 		f := strings.Split(v, ",")
 		cfg.CertFile, cfg.KeyFile, cfg.TrustedCAFile, cfg.ClientCertAuth = f[0], f[1], f[2], true
 	}
+	if v := os.Getenv("COORDBENCH_READ_CACHE_KEYS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return err
+		}
+		cfg.ReadCacheKeys = n
+	}
 	s := proxy.New(cfg)
 	if err := s.Start(ctx); err != nil {
 		return err

@@ -20,6 +20,18 @@ import (
 // delivered in order: each watcher must receive every put's event, in
 // the order of the revisions etcd gave the puts.
 func watchersScenario(ctx context.Context, b *bench, t target, scenario string) (result, error) {
+	return watchScenario(ctx, b, t, scenario, false)
+}
+
+// watchKeysScenario: the same with each watcher on a key of its own, the
+// writer putting each key in turn and waiting for its one watcher. Shared
+// watches cannot save etcd anything here (one etcd watch per key, as
+// natively and through grpc-proxy): the figures show what sharing costs.
+func watchKeysScenario(ctx context.Context, b *bench, t target, scenario string) (result, error) {
+	return watchScenario(ctx, b, t, scenario, true)
+}
+
+func watchScenario(ctx context.Context, b *bench, t target, scenario string, distinct bool) (result, error) {
 	clis, closeAll, err := t.clients(32)
 	if err != nil {
 		return result{}, err
@@ -27,7 +39,7 @@ func watchersScenario(ctx context.Context, b *bench, t target, scenario string) 
 	defer closeAll()
 	b.settleWatchers(ctx, scenario, t)
 	prefix := b.unique("watchers") + "/"
-	watchers0, werr0 := etcdWatchers(ctx, b.etcdURL)
+	before := b.footprintNow(ctx)
 
 	var (
 		mu   sync.Mutex
@@ -43,7 +55,11 @@ func watchersScenario(ctx context.Context, b *bench, t target, scenario string) 
 	defer stop()
 	var wg sync.WaitGroup
 	for i := range b.watchers {
-		ch := clis[i%len(clis)].Watch(clientv3.WithRequireLeader(wctx), prefix, clientv3.WithPrefix(), clientv3.WithCreatedNotify())
+		key, opts := prefix, []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithCreatedNotify()}
+		if distinct {
+			key, opts = prefix+strconv.Itoa(i), opts[1:]
+		}
+		ch := clis[i%len(clis)].Watch(clientv3.WithRequireLeader(wctx), key, opts...)
 		created := <-ch
 		if err := created.Err(); err != nil {
 			return result{}, err
@@ -67,7 +83,7 @@ func watchersScenario(ctx context.Context, b *bench, t target, scenario string) 
 			}
 		})
 	}
-	watchers, werr := etcdWatchers(ctx, b.etcdURL)
+	after := b.footprintNow(ctx)
 
 	runCtx, cancel := context.WithTimeout(ctx, b.duration)
 	defer cancel()
@@ -76,8 +92,14 @@ func watchersScenario(ctx context.Context, b *bench, t target, scenario string) 
 	puts := 0
 	start := time.Now()
 	undelivered := 0
+	perKey := make([]int, b.watchers) // puts of each key, for distinct
 	for n := 0; runCtx.Err() == nil; n++ {
-		r, err := clis[0].Put(runCtx, prefix+strconv.Itoa(n%64), strconv.Itoa(n))
+		k, wait := n%64, seen
+		if distinct {
+			k = n % b.watchers
+			wait = seen[k : k+1]
+		}
+		r, err := clis[0].Put(runCtx, prefix+strconv.Itoa(k), strconv.Itoa(n))
 		if err != nil {
 			if runCtx.Err() == nil {
 				rec.errors.Add(1)
@@ -85,10 +107,13 @@ func watchersScenario(ctx context.Context, b *bench, t target, scenario string) 
 			continue
 		}
 		puts++
+		if distinct {
+			perKey[k]++
+		}
 		mu.Lock()
 		want, sent = r.Header.Revision, time.Now()
 		mu.Unlock()
-		if awaitSeen(&mu, cond, seen, r.Header.Revision, sent) {
+		if awaitSeen(&mu, cond, wait, r.Header.Revision, sent) {
 			delivered.Add(1)
 		} else {
 			undelivered++
@@ -97,8 +122,12 @@ func watchersScenario(ctx context.Context, b *bench, t target, scenario string) 
 	elapsed := time.Since(start)
 	mu.Lock()
 	missed := 0
-	for _, n := range got {
-		missed += max(0, puts-n)
+	for i, n := range got {
+		if distinct {
+			missed += max(0, perKey[i]-n)
+		} else {
+			missed += max(0, puts-n)
+		}
 	}
 	mu.Unlock()
 	stop()
@@ -107,11 +136,14 @@ func watchersScenario(ctx context.Context, b *bench, t target, scenario string) 
 	res.Ops = float64(delivered.Load()) / elapsed.Seconds()
 	res.Count = int(delivered.Load())
 	res.Extra = map[string]any{
-		"watchers":            b.watchers,
-		"puts_undelivered":    undelivered,
-		"events_misordered":   misordered.Load(),
-		"events_missed":       missed,
-		"etcd_watchers_added": added(watchers0, werr0, watchers, werr),
+		"watchers":          b.watchers,
+		"puts_undelivered":  undelivered,
+		"events_misordered": misordered.Load(),
+		"events_missed":     missed,
+	}
+	before.grown(after, t, res.Extra)
+	if g, ok := res.Extra["proxy_rss_growth_mib"].(float64); ok {
+		res.Extra["proxy_kib_per_watcher"] = g * 1024 / float64(b.watchers)
 	}
 	return res, nil
 }
