@@ -98,11 +98,15 @@ func (s *wStream) requestProgress() {
 	}
 	s.prog = p
 	g := s.g
+	owns := make([]*ownWatch, 0, len(p.owns))
+	for o := range p.owns {
+		owns = append(owns, o)
+	}
 	s.mu.Unlock()
 	if shared {
 		g.progress(func(h *pb.ResponseHeader) { s.progressAnswer(p, nil, h) })
 	}
-	for o := range p.owns {
+	for _, o := range owns {
 		o.askProgress(true)
 	}
 }
@@ -122,7 +126,9 @@ func (s *wStream) progressAnswerLocked(p *wProgress, o *ownWatch, h *pb.Response
 	if p == nil || s.prog != p || (o != nil && !p.owns[o]) {
 		return
 	}
-	delete(p.owns, o)
+	if o != nil {
+		delete(p.owns, o)
+	}
 	p.waiting--
 	if p.hdr == nil || h.Revision < p.hdr.Revision {
 		p.hdr = h
