@@ -360,3 +360,63 @@ func TestSharedWatches_aSlowClientHoldsNobodyBack(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestSharedWatches_aLostEtcdStreamEndsItsWatchers: when the etcd
+// connection under a shared watch breaks (here the bytes to etcd are
+// garbled, so etcd drops the connection), every client stream on it ends
+// with an error, as its own etcd stream would have, instead of staying
+// open on a watch that will never fire (etcd-io/etcd#21813); a client
+// that comes back watches afresh and gets the next event.
+func TestSharedWatches_aLostEtcdStreamEndsItsWatchers(t *testing.T) {
+	etcd := proxytest.StartEtcd(t)
+	fault, url := proxytest.FaultProxy(t, etcd.URL)
+	env := proxytest.NewProxyEnv(t, etcd, url, proxy.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const prefix = "lost/"
+	rng := []byte(clientv3.GetPrefixRangeEnd(prefix))
+	var ws []*wstream
+	for range 2 {
+		w := openWatch(t, ctx, env.Conn, true)
+		w.create(&pb.WatchCreateRequest{Key: []byte(prefix), RangeEnd: rng})
+		ws = append(ws, w)
+	}
+	fault.ModifyTx(func([]byte) []byte { return []byte("not http/2 at all, not at all") })
+	// Something for the connection to carry.
+	pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
+	_, _ = pb.NewKVClient(env.Conn).Put(pctx, &pb.PutRequest{Key: []byte(prefix + "x"), Value: []byte("1")})
+	pcancel()
+	for i, w := range ws {
+		deadline := time.After(waitBound)
+		for {
+			w.mu.Lock()
+			err, more := w.err, w.more
+			w.mu.Unlock()
+			if err != nil {
+				break
+			}
+			select {
+			case <-more:
+			case <-deadline:
+				t.Fatalf("client stream %d still open after its etcd connection broke", i)
+			}
+		}
+	}
+	fault.UnmodifyTx()
+	// Once the proxy has its connection back:
+	proxytest.WaitFor(t, time.Minute, func() (bool, string) {
+		pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
+		defer pcancel()
+		_, err := pb.NewKVClient(env.Conn).Put(pctx, &pb.PutRequest{Key: []byte("other"), Value: []byte("1")})
+		return err == nil, fmt.Sprintf("the proxy did not reach etcd again: %v", err)
+	})
+	w := openWatch(t, ctx, env.Conn, true)
+	created := w.create(&pb.WatchCreateRequest{Key: []byte(prefix), RangeEnd: rng})
+	put, err := env.KV.Put(ctx, prefix+"y", "2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := w.waitRevs(created.WatchId, put.Header.Revision); got[len(got)-1] != put.Header.Revision {
+		t.Fatalf("the new watcher got %v, want the put at %d", got, put.Header.Revision)
+	}
+}
