@@ -61,7 +61,7 @@ func (s *wStream) group() (*wGroup, error) {
 		cancel()
 		return nil, etcdio.StopErr(ctx, err)
 	}
-	g := &wGroup{w: s.w, key: s.creds, cancel: cancel, stream: stream, byKey: map[wKey]*sharedWatch{},
+	g := &wGroup{w: s.w, key: s.creds, ctx: ctx, cancel: cancel, stream: stream, byKey: map[wKey]*sharedWatch{},
 		byID: map[int64]*sharedWatch{}, streams: map[*wStream]struct{}{}}
 	gs.mu.Lock()
 	defer gs.mu.Unlock()

@@ -264,8 +264,9 @@ func (g *wGroup) adopt(o *ownWatch) bool {
 
 // join makes wt a watcher of the shared watch of its key: the first of it
 // is answered with the shared watch's own created answer; a later one asks
-// etcd (probe) for the header etcd would answer with, and so whether the
-// caller may watch there, and whether its start revision is compacted.
+// etcd (probe; probeNow, shared, for the current revision) for the header
+// etcd would answer with, and so whether the caller may watch there, and
+// whether its start revision is compacted.
 // A watcher the shared watch cannot serve from its start revision catches
 // up alone first; one etcd refuses gets etcd's own answer.
 func (s *wStream) join(wt *wWatcher) error {
@@ -296,7 +297,13 @@ func (s *wStream) join(wt *wWatcher) error {
 		}
 		start := wt.cr.StartRevision
 		if !first || gone {
-			r, err := s.probe(wt.cr, start)
+			var r *pb.RangeResponse
+			var err error
+			if start == 0 {
+				r, err = sw.probeNow(s.ctx)
+			} else {
+				r, err = s.probe(wt.cr, start)
+			}
 			if err != nil {
 				return s.startOwn(wt, start, ownAnswer)
 			}

@@ -57,6 +57,7 @@ func keyOf(cr *pb.WatchCreateRequest) wKey {
 type wGroup struct {
 	w      *Watch
 	key    etcdio.Credentials
+	ctx    context.Context // the etcd stream's, with the credentials
 	cancel context.CancelFunc
 	stream pb.Watch_WatchClient
 	sendMu sync.Mutex // Send, and creates in the order of creating
@@ -90,6 +91,57 @@ type sharedWatch struct {
 	floor    int64              // every event after floor is in buf or to come
 	known    int64              // every event up to known has come
 	header   *pb.ResponseHeader // the latest
+	probing  bool               // a probe for joiners from now is under way
+	next     *wProbe            // the one joiners arriving meanwhile wait for
+}
+
+// wProbe is a count-only Range of a shared watch's keys, shared by the
+// watchers that join it from the current revision meanwhile.
+type wProbe struct {
+	done chan struct{}
+	resp *pb.RangeResponse
+	err  error
+}
+
+// probeNow is etcd's header for a watch of sw's keys created now, and its
+// judgement of the credentials' read permission there: one count-only
+// Range shared by every joiner that arrives while none is under way. A
+// joiner never takes one that began before it arrived, which could miss a
+// write finished before its create.
+func (sw *sharedWatch) probeNow(ctx context.Context) (*pb.RangeResponse, error) {
+	g := sw.g
+	g.mu.Lock()
+	p := sw.next
+	if p == nil {
+		p = &wProbe{done: make(chan struct{})}
+		sw.next = p
+		if !sw.probing {
+			sw.startProbeLocked()
+		}
+	}
+	g.mu.Unlock()
+	select {
+	case <-p.done:
+		return p.resp, p.err
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+}
+
+func (sw *sharedWatch) startProbeLocked() {
+	p, g := sw.next, sw.g
+	sw.next, sw.probing = nil, true
+	go func() {
+		p.resp, p.err = pb.NewKVClient(g.w.etcd.Conn(g.ctx)).Range(g.ctx, &pb.RangeRequest{
+			Key: []byte(sw.k.key), RangeEnd: []byte(sw.k.end), CountOnly: true, Serializable: true})
+		close(p.done)
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		sw.probing = false
+		if sw.next != nil {
+			sw.startProbeLocked()
+		}
+	}()
 }
 
 // watch is the shared watch of k, asked of etcd if there is none; first
