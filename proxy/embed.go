@@ -40,6 +40,9 @@ type EmbedOptions struct {
 	// files (and asks for client certificates if it says so), for tests of
 	// the proxy's etcd-facing TLS.
 	ClientTLS *transport.TLSInfo
+	// EnablePprof serves etcd's own /debug/pprof on its client URL
+	// (etcd's --enable-pprof), for coordbench's -etcd-profile.
+	EnablePprof bool
 	// MaxRequestBytes is etcd's --max-request-bytes (0: etcd's default). In
 	// dev mode the proxy's own limit (Config.MaxRequestBytes).
 	MaxRequestBytes uint
@@ -90,6 +93,7 @@ func StartEmbeddedEtcd(dir string, opts EmbedOptions) (*EmbeddedEtcd, error) {
 	cfg.ListenPeerUrls = []url.URL{peerURL}
 	cfg.AdvertisePeerUrls = []url.URL{peerURL}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	cfg.EnablePprof = opts.EnablePprof
 	level, err := zap.ParseAtomicLevel(opts.LogLevel)
 	if err != nil {
 		return nil, fmt.Errorf("embedded etcd log level: %w", err)

@@ -32,27 +32,6 @@ import (
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
-// scenario is one row of the table.
-type scenario struct {
-	id, title string
-	run       func(ctx context.Context, b *bench, t target, title string) (result, error)
-	// proxyFirst runs the proxy before etcd's own service, so that the
-	// memory etcd keeps after the native run does not count against the
-	// proxy.
-	proxyFirst bool
-	// freshEtcd runs the scenario on a new etcd and proxy (when coordbench
-	// starts etcd itself): what earlier scenarios did to etcd must not
-	// count. In etcd 3.7.3 native Observe streams that fell behind and were
-	// cancelled can leave their watchers behind and wedge etcd's own watch
-	// stream, after which native Lock waiters are never woken; 10 000
-	// native waiters leave etcd with a gigabyte more and its watch stream
-	// behind too (docs/benchmarks.md, "Native etcd after a scenario").
-	freshEtcd bool
-	// tenants runs the proxy target through a proxy that tells tenants
-	// apart by their client certificates (b.tenants) rather than b.proxy.
-	tenants bool
-}
-
 var scenarios = []scenario{
 	{id: "uncontended", title: "Lock+Unlock, 1 client", run: func(ctx context.Context, b *bench, t target, title string) (result, error) {
 		return lockScenario(ctx, b, t, title, 1, []string{"u"})
@@ -166,6 +145,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	waiters := fs.Int("waiters", 10000, "blocked Lock calls in the waiters scenario")
 	held := fs.Int("held", 10000, "distinct locks one lease holds in the held scenario")
 	watchers := fs.Int("watchers", 1000, "KV watchers of one prefix in the watchers scenario")
+	etcdProfile := fs.String("etcd-profile", "", "directory for etcd's own CPU profile of each scenario on each target (<scenario>-<target>.pprof, from etcd's /debug/pprof over the run; etcd started by coordbench only)")
 	readCacheKeys := fs.Int("read-cache-keys", 1024, "the proxy's --read-cache-keys (0: no read cache)")
 	leases := fs.Int("leases", 10000, "leases kept alive in the keepalives scenario")
 	sessionWindow := fs.Duration("session-window", client.DefaultWindow, "the window of the sessions scenario's sessions (a heartbeat every quarter of it)")
@@ -263,7 +243,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	start := func(suffix string) error {
 		if ownEtcd {
 			dir := *dataDir + suffix
-			c, err := startChild(nil, roleEtcd, dir)
+			var env []string
+			if *etcdProfile != "" {
+				env = []string{"COORDBENCH_ETCD_PPROF=1"}
+			}
+			c, err := startChild(env, roleEtcd, dir)
 			if err != nil {
 				return fmt.Errorf("etcd: %w", err)
 			}
@@ -397,7 +381,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 				served = b.tenants
 			}
 			before := b.costNow(ctx, served)
+			profiled := b.profileEtcd(ctx, *etcdProfile, s.id, t.name)
 			r, err := s.run(ctx, b, t, title)
+			profiled()
 			if err != nil {
 				fmt.Fprintf(stderr, "coordbench: %s on %s: %v\n", title, t.name, err)
 				return 1

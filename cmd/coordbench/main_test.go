@@ -132,6 +132,26 @@ func TestCoordbench_pin(t *testing.T) {
 	}
 }
 
+// -etcd-profile saves etcd's own CPU profile of each scenario on each
+// target (pprof's format: gzipped protocol buffers).
+func TestCoordbench_etcdProfile(t *testing.T) {
+	dir := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"-etcd-profile", dir, "-scenarios", "uncontended", "-duration", "1s", "-data-dir", filepath.Join(t.TempDir(), "etcd")}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d\n%s", code, stderr.String())
+	}
+	for _, target := range []string{"etcd", "coordproxy"} {
+		b, err := os.ReadFile(filepath.Join(dir, "uncontended-"+target+".pprof"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b) < 100 || b[0] != 0x1f || b[1] != 0x8b {
+			t.Errorf("etcd's profile on %s: %d bytes, not a pprof profile", target, len(b))
+		}
+	}
+}
+
 // -etcd-cpu caps etcd in a cgroup where it can (as root), and says so;
 // where it cannot, it says why and runs uncapped. Either way it runs, and
 // leaves no cgroup behind.

@@ -59,7 +59,9 @@ func serveRole(args []string, stdout, stderr io.Writer) (int, bool) {
 
 func serveEtcd(ctx context.Context, dir string, stdout io.Writer) error {
 	// COORDBENCH_ETCD_LOG_LEVEL=warn shows etcd's slow-request warnings.
-	e, err := proxy.StartEmbeddedEtcd(dir, proxy.EmbedOptions{LogLevel: os.Getenv("COORDBENCH_ETCD_LOG_LEVEL")})
+	// COORDBENCH_ETCD_PPROF=1: etcd's /debug/pprof, for -etcd-profile.
+	e, err := proxy.StartEmbeddedEtcd(dir, proxy.EmbedOptions{LogLevel: os.Getenv("COORDBENCH_ETCD_LOG_LEVEL"),
+		EnablePprof: os.Getenv("COORDBENCH_ETCD_PPROF") == "1"})
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,27 @@ import (
 	"go.uber.org/zap"
 )
 
+// scenario is one row of the table.
+type scenario struct {
+	id, title string
+	run       func(ctx context.Context, b *bench, t target, title string) (result, error)
+	// proxyFirst runs the proxy before etcd's own service, so that the
+	// memory etcd keeps after the native run does not count against the
+	// proxy.
+	proxyFirst bool
+	// freshEtcd runs the scenario on a new etcd and proxy (when coordbench
+	// starts etcd itself): what earlier scenarios did to etcd must not
+	// count. In etcd 3.7.3 native Observe streams that fell behind and were
+	// cancelled can leave their watchers behind and wedge etcd's own watch
+	// stream, after which native Lock waiters are never woken; 10 000
+	// native waiters leave etcd with a gigabyte more and its watch stream
+	// behind too (docs/benchmarks.md, "Native etcd after a scenario").
+	freshEtcd bool
+	// tenants runs the proxy target through a proxy that tells tenants
+	// apart by their client certificates (b.tenants) rather than b.proxy.
+	tenants bool
+}
+
 // target is where a scenario sends its calls: etcd's own services or the
 // proxy in front of the same etcd.
 type target struct {
