@@ -11,6 +11,7 @@ import (
 	"github.com/coordproxy/coordproxy/etcdio"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -227,9 +228,9 @@ func (s *wStream) create(cr *pb.WatchCreateRequest) error {
 func (s *wStream) refuseDuplicate(cr *pb.WatchCreateRequest) error {
 	resp := &pb.WatchResponse{WatchId: clientv3.InvalidWatchID, Created: true, Canceled: true,
 		CancelReason: "mvcc: duplicate watch ID provided on the WatchStream"}
-	r, err := s.probe(cr, 0)
+	r, err := probe(s.ctx, s.w.etcd, cr.Key, cr.RangeEnd, 0)
 	if err != nil {
-		resp.CancelReason = errorDesc(err)
+		resp.CancelReason = rpctypes.ErrorDesc(err)
 		resp.Header = &pb.ResponseHeader{}
 	} else {
 		resp.Header = r.Header

@@ -97,9 +97,6 @@ func (g *wGroup) closeIfIdleLocked() {
 		return
 	}
 	g.failLocked(context.Canceled)
-	if gs := &g.w.groups; gs.m[g.key] == g {
-		delete(gs.m, g.key)
-	}
 }
 
 func (g *wGroup) fail(err error) {
@@ -107,9 +104,6 @@ func (g *wGroup) fail(err error) {
 	gs.mu.Lock()
 	g.mu.Lock()
 	streams := g.failLocked(err)
-	if gs.m[g.key] == g {
-		delete(gs.m, g.key)
-	}
 	g.mu.Unlock()
 	gs.mu.Unlock()
 	for _, s := range streams {
@@ -117,14 +111,18 @@ func (g *wGroup) fail(err error) {
 	}
 }
 
-// failLocked ends the group: its watches are gone, its clients returned to
-// be ended with err.
+// failLocked ends the group (under the groups' mu and its own): it leaves
+// the groups, its watches are gone, its clients returned to be ended with
+// err.
 func (g *wGroup) failLocked(err error) []*wStream {
 	if g.err != nil {
 		return nil
 	}
 	g.err = err
 	g.cancel()
+	if gs := &g.w.groups; gs.m[g.key] == g {
+		delete(gs.m, g.key)
+	}
 	for _, sw := range g.creating {
 		sw.gone = true
 		close(sw.ready)

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/coordproxy/coordproxy/etcdio"
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -302,7 +303,7 @@ func (s *wStream) join(wt *wWatcher) error {
 			if start == 0 {
 				r, err = sw.probeNow(s.ctx)
 			} else {
-				r, err = s.probe(wt.cr, start)
+				r, err = probe(s.ctx, s.w.etcd, wt.cr.Key, wt.cr.RangeEnd, start)
 			}
 			if err != nil {
 				return s.startOwn(wt, start, ownAnswer)
@@ -323,22 +324,20 @@ func (s *wStream) join(wt *wWatcher) error {
 	return s.startOwn(wt, wt.cr.StartRevision, ownAnswer)
 }
 
-// probe is a count-only Range of the watcher's keys with the caller's
-// credentials at rev (the current one if rev is 0 or in the future): etcd's
-// header for its create, and etcd's judgement of the caller's permission
-// (a watch needs read permission on its range) and of a compacted rev.
-func (s *wStream) probe(cr *pb.WatchCreateRequest, rev int64) (*pb.RangeResponse, error) {
-	kv := pb.NewKVClient(s.w.etcd.Conn(s.ctx))
-	req := &pb.RangeRequest{Key: cr.Key, RangeEnd: cr.RangeEnd, Revision: rev, CountOnly: true, Serializable: true}
-	r, err := kv.Range(s.ctx, req)
+// probe is a count-only Range of a watch's keys with the credentials of
+// ctx at rev (the current one if rev is 0 or in the future): etcd's header
+// for its create, and etcd's judgement of the caller's permission (a
+// watch needs read permission on its range) and of a compacted rev.
+func probe(ctx context.Context, e *etcdio.Etcd, key, end []byte, rev int64) (*pb.RangeResponse, error) {
+	kv := pb.NewKVClient(e.Conn(ctx))
+	req := &pb.RangeRequest{Key: key, RangeEnd: end, Revision: rev, CountOnly: true, Serializable: true}
+	r, err := kv.Range(ctx, req)
 	if rev > 0 && errors.Is(rpctypes.Error(err), rpctypes.ErrFutureRev) {
 		req.Revision = 0
-		r, err = kv.Range(s.ctx, req)
+		r, err = kv.Range(ctx, req)
 	}
 	return r, err
 }
-
-func errorDesc(err error) string { return rpctypes.ErrorDesc(err) }
 
 func (wt *wWatcher) refused() bool {
 	wt.s.mu.Lock()

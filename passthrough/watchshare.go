@@ -132,8 +132,7 @@ func (sw *sharedWatch) startProbeLocked() {
 	p, g := sw.next, sw.g
 	sw.next, sw.probing = nil, true
 	go func() {
-		p.resp, p.err = pb.NewKVClient(g.w.etcd.Conn(g.ctx)).Range(g.ctx, &pb.RangeRequest{
-			Key: []byte(sw.k.key), RangeEnd: []byte(sw.k.end), CountOnly: true, Serializable: true})
+		p.resp, p.err = probe(g.ctx, g.w.etcd, []byte(sw.k.key), []byte(sw.k.end), 0)
 		close(p.done)
 		g.mu.Lock()
 		defer g.mu.Unlock()

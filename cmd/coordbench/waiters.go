@@ -175,7 +175,12 @@ func memStats(ctx context.Context, addr string) (map[string]int64, error) {
 // /debug/pprof/heap (the binary form, for go tool pprof) to file, after a
 // collection so that it shows what is live now.
 func saveHeapProfile(ctx context.Context, addr, file string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/debug/pprof/heap?gc=1", nil)
+	return saveURL(ctx, "http://"+addr+"/debug/pprof/heap?gc=1", file)
+}
+
+// saveURL writes what a GET of url answers to file.
+func saveURL(ctx context.Context, url, file string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
 	}
