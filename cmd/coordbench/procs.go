@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/coordproxy/coordproxy/internal/gcheadroom"
 	"github.com/coordproxy/coordproxy/proxy"
 	"github.com/prometheus/procfs"
 )
@@ -99,6 +100,9 @@ func serveProxy(ctx context.Context, endpoints, cpuprofile string, maxEtcdReques
 		}
 		cfg.ReadCacheKeys = n
 	}
+	// As the binary does (--gc-headroom-bytes' default; -proxy-env GOGC=100
+	// measures without it).
+	defer gcheadroom.Start(gcheadroom.Default, nil)()
 	s := proxy.New(cfg)
 	if err := s.Start(ctx); err != nil {
 		return err

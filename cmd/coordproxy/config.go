@@ -47,6 +47,7 @@ type Config struct {
 	LogLevel            string        `envconfig:"LOG_LEVEL" flag:"log-level" default:"info" desc:"debug, info, warn or error"`
 	LogFormat           string        `envconfig:"LOG_FORMAT" flag:"log-format" default:"text" desc:"text (key=value) or json, one record a line"`
 	Pprof               bool          `envconfig:"PPROF" flag:"pprof" default:"false" desc:"serve Go's runtime profiles (net/http/pprof) under /debug/pprof/ on the listen port"`
+	GCHeadroomBytes     uint          `envconfig:"GC_HEADROOM_BYTES" flag:"gc-headroom-bytes" default:"67108864" desc:"unless GOGC is set, let the heap grow by at least this much past what is live before Go's collector runs again (GOGC=100 lets it grow by what is live: a small heap is collected many times a second under load); 0: Go's default"`
 	AutoGoMemLimit      bool          `envconfig:"AUTO_GOMEMLIMIT" flag:"auto-gomemlimit" default:"true" desc:"unless GOMEMLIMIT is set, set the Go runtime's soft memory limit to 90% of the container's memory limit (cgroup memory.max), if it has one"`
 
 	// Named as in proxy.Config, whose FileError names the field: fileError

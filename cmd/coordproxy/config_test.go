@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coordproxy/coordproxy/internal/gcheadroom"
 	"github.com/coordproxy/coordproxy/proxy"
 
 	"github.com/coordproxy/coordproxy/proxy/proxytest"
@@ -255,6 +256,7 @@ func TestConfig_defaultsAreProxyDefaults(t *testing.T) {
 		{"max-etcd-requests", got.MaxEtcdRequests, want.MaxEtcdRequests},
 		{"max-request-bytes", got.MaxRequestBytes, want.MaxRequestBytes},
 		{"namespace", got.Namespace, want.Namespace},
+		{"gc-headroom-bytes", uint64(c.GCHeadroomBytes), uint64(gcheadroom.Default)}, // coordbench's proxy uses the package's
 	} {
 		if f.got != f.want {
 			t.Errorf("--%s defaults to %v, proxy.DefaultConfig to %v", f.name, f.got, f.want)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/KimMachineGun/automemlimit/memlimit"
+	"github.com/coordproxy/coordproxy/internal/gcheadroom"
 	"github.com/coordproxy/coordproxy/proxy"
 )
 
@@ -64,6 +65,9 @@ type Main struct {
 	// AutoGoMemLimit sets the runtime's soft memory limit from the
 	// container's (setMemoryLimit).
 	AutoGoMemLimit bool
+	// GCHeadroom is the least heap growth between collections
+	// (internal/gcheadroom); 0: Go's default.
+	GCHeadroom uint64
 }
 
 // ParseFlags reads the configuration from the environment and args and
@@ -75,6 +79,7 @@ func (m *Main) ParseFlags(args []string) error {
 	}
 	m.LogFormat = c.LogFormat
 	m.AutoGoMemLimit = c.AutoGoMemLimit
+	m.GCHeadroom = uint64(c.GCHeadroomBytes)
 	m.Config, m.Level, err = c.proxyConfig()
 	return err
 }
@@ -89,6 +94,7 @@ func (m *Main) Run(ctx context.Context) error {
 	if m.AutoGoMemLimit {
 		setMemoryLimit(m.Config.Logger, memlimit.FromCgroup)
 	}
+	defer gcheadroom.Start(m.GCHeadroom, nil)()
 	tp, shutdown, err := tracerProvider(ctx)
 	if err != nil {
 		return err
