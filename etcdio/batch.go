@@ -20,7 +20,9 @@ import (
 //
 // A transaction alone goes at once: only what queued while an earlier
 // request of its group was in flight is batched, so a lone caller waits for
-// nothing. The rules, each tested:
+// nothing. When etcd is slow, the round after a round of several pauses
+// briefly so that the callers just answered can join it (batchround.go).
+// The rules, each tested:
 //   - only requests made under the same credentials share a batch (the same
 //     etcd client, the same forwarded token and hasleader metadata): a
 //     caller's token never rides in another's request; and only requests of
@@ -99,6 +101,10 @@ type batcher struct {
 	always           bool         // BatchAlways
 	nested           atomic.Int64 // requests sent as nested transactions, for tests
 	batches, batched prometheus.Counter
+	gathers          prometheus.Counter
+	// gatherAfter and pause: the package's (tests change them)
+	gatherAfter time.Duration
+	pause       func(took time.Duration) time.Duration
 
 	mu     sync.Mutex
 	groups map[batchGroup]*queued
@@ -111,6 +117,15 @@ type queued struct {
 	busy    bool
 	pending []*txnCall
 	round   int
+	// When the group's request or round in flight was sent and how many
+	// transactions it carried; the pause gathering the next round (nil:
+	// none), how many were pending when it began, and how many pauses to
+	// skip after one that gathered nothing.
+	sentAt     time.Time
+	size       int
+	gather     *gathering
+	gatherFrom int
+	gatherSkip int
 }
 
 type txnCall struct {
@@ -139,9 +154,14 @@ func newBatcher(e *Etcd, reg prometheus.Registerer, always bool) *batcher {
 			Namespace: "coordproxy", Name: "etcd_batched_txns_total",
 			Help: "Transactions the proxy sent to etcd inside a batch rather than alone.",
 		}),
-		groups: map[batchGroup]*queued{},
+		gathers: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "coordproxy", Name: "etcd_batch_gathers_total",
+			Help: "Pauses before a group-commit round in which callers the previous round answered could join it (etcd slower than the proxy's turnaround).",
+		}),
+		groups:      map[batchGroup]*queued{},
+		gatherAfter: gatherAfter, pause: gatherPause,
 	}
-	reg.MustRegister(b.batches, b.batched)
+	reg.MustRegister(b.batches, b.batched, b.gathers)
 	return b
 }
 
@@ -155,6 +175,7 @@ func (b *batcher) send(ctx context.Context, t Txn) (*clientv3.TxnResponse, error
 	}
 	if !q.busy {
 		q.busy = true
+		q.sentAt, q.size = time.Now(), 1
 		b.mu.Unlock()
 		var resp *clientv3.TxnResponse
 		var err error
@@ -212,32 +233,6 @@ func (b *batcher) drop(q *queued, c *txnCall) bool {
 		}
 	}
 	return false
-}
-
-// next starts the next round of what queued while the group's request was
-// in flight; the last batch of a round to return starts the one after,
-// until nothing is left and the group is idle. A round is up to maxRound
-// of the waiting transactions, taken by priority and flows in turn (take),
-// split into as few batches
-// as the rules allow (first fit), all sent at once, each by its first
-// caller: transactions that may not share a batch (one name's waiters)
-// still go to etcd side by side, as they would alone.
-func (b *batcher) next(key batchGroup, q *queued) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	batches := b.take(q)
-	if len(batches) == 0 {
-		q.busy = false
-		if len(q.pending) == 0 {
-			delete(b.groups, key)
-		}
-		return
-	}
-	q.round = len(batches)
-	for _, batch := range batches {
-		batch[0].batch = batch
-		close(batch[0].lead)
-	}
 }
 
 // maxRound bounds the transactions one round sends (the limiter bounds how

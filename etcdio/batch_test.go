@@ -330,3 +330,54 @@ func TestSendTxn_aRoundTakesPrioritiesThenFlowsInTurn(t *testing.T) {
 		}
 	}
 }
+
+// After a round that took etcd long (here: any, GatherLong), the callers it
+// answered come back with their next transactions while the group pauses,
+// and go with those already waiting as one round: two transactions sent
+// one after the other during the pause share one etcd request, where
+// otherwise the first would go alone at once.
+func TestSendTxn_aSlowRoundGathersTheNextOne(t *testing.T) {
+	e, cli, reg := dial(t)
+	etcdio.GatherLong(e)
+	ctx := context.Background()
+	lease, err := cli.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := etcdio.HoldBatches(e, ctx)
+	first := []*sent{
+		queue(t, e, ctx, putIfAbsent("/g/a/1", lease.ID, "/g/a/"), 1),
+		queue(t, e, ctx, putIfAbsent("/g/b/1", lease.ID, "/g/b/"), 2),
+	}
+	release()
+	for _, s := range first {
+		if err := s.call.Wait(t); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := counter(t, reg, "coordproxy_etcd_batches_total"); n != 1 {
+		t.Fatalf("%v batches for the first round, want 1", n)
+	}
+	proxytest.WaitFor(t, 30*time.Second, func() (bool, string) {
+		return etcdio.Gathering(e, ctx), "the group does not gather after a round of two"
+	})
+	second := []*sent{
+		queue(t, e, ctx, putIfAbsent("/g/a/2", lease.ID, "/g/a/"), 1),
+		queue(t, e, ctx, putIfAbsent("/g/b/2", lease.ID, "/g/b/"), 2),
+	}
+	etcdio.EndGather(e, ctx)
+	for _, s := range second {
+		if err := s.call.Wait(t); err != nil {
+			t.Fatal(err)
+		}
+		if !s.resp.Succeeded {
+			t.Errorf("transaction of the gathered round not applied: %v", s.resp)
+		}
+	}
+	if n := counter(t, reg, "coordproxy_etcd_batches_total"); n != 2 {
+		t.Fatalf("%v batches after the gathered round, want 2 (its two transactions in one)", n)
+	}
+	if n := counter(t, reg, "coordproxy_etcd_batch_gathers_total"); n != 1 {
+		t.Fatalf("%v gathers counted, want 1", n)
+	}
+}
