@@ -381,3 +381,23 @@ func TestSendTxn_aSlowRoundGathersTheNextOne(t *testing.T) {
 		t.Fatalf("%v gathers counted, want 1", n)
 	}
 }
+
+// A transaction that went alone is never followed by a pause, however long
+// etcd took (GatherLong): at low load nothing waits.
+func TestSendTxn_aLoneTransactionIsNotFollowedByAPause(t *testing.T) {
+	e, cli, _ := dial(t)
+	etcdio.GatherLong(e)
+	ctx := context.Background()
+	lease, err := cli.Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if _, err := e.SendTxn(ctx, putIfAbsent(fmt.Sprintf("/l/%d/k", i), lease.ID, fmt.Sprintf("/l/%d/", i))); err != nil {
+			t.Fatal(err)
+		}
+		if etcdio.Gathering(e, ctx) {
+			t.Fatalf("the group pauses after lone transaction %d", i)
+		}
+	}
+}
