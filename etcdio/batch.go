@@ -117,8 +117,8 @@ type queued struct {
 	busy    bool
 	pending []*txnCall
 	round   int
-	// When the group's request or round in flight was sent and how many
-	// transactions it carried; the pause gathering the next round (nil:
+	// When the group's round in flight was sent and how many transactions
+	// it carried (1: a request alone); the pause gathering the next round (nil:
 	// none), how many were pending when it began, and how many pauses to
 	// skip after one that gathered nothing.
 	sentAt     time.Time
@@ -175,7 +175,7 @@ func (b *batcher) send(ctx context.Context, t Txn) (*clientv3.TxnResponse, error
 	}
 	if !q.busy {
 		q.busy = true
-		q.sentAt, q.size = time.Now(), 1
+		q.size = 1 // a request alone: no pause after it (gatherFor)
 		b.mu.Unlock()
 		var resp *clientv3.TxnResponse
 		var err error
